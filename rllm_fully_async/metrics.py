@@ -1,0 +1,100 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""Per-step metrics of the asynchronous pipeline and the end-of-run summary.
+
+verl's ``compute_data_metrics`` covers rewards, advantages and lengths; this adds what only a
+fully-async run has: staleness, partial-rollout span, throughput and the idle ratios.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from verl import DataProto
+
+
+def async_metrics(groups: Sequence, batch: DataProto, trainer_version: int) -> dict[str, float]:
+    """Staleness, version span and reward statistics of one training batch."""
+    samples = [s for g in groups for s in g.samples]
+    staleness = np.array([trainer_version - s.min_version for s in samples], dtype=np.float64)
+    span = np.array([s.max_version - s.min_version for s in samples], dtype=np.float64)
+    rewards = np.array([s.reward for s in samples], dtype=np.float64)
+    aborts = np.array([s.num_aborts for s in samples], dtype=np.float64)
+    metrics = {
+        "reward/mean": float(rewards.mean()),
+        "async/staleness_mean": float(staleness.mean()),
+        "async/staleness_max": float(staleness.max()),
+        "async/partial_rollout_span_mean": float(span.mean()),
+        "async/partial_rollout_span_max": float(span.max()),
+        "async/partial_rollout_fraction": float((aborts > 0).mean()),
+        "async/batch_groups": len(groups),
+        "async/batch_samples": len(samples),
+        "async/batch_response_tokens": int(batch.batch["response_mask"].sum().item()),
+    }
+    for value, count in zip(*np.unique(staleness.astype(np.int64), return_counts=True), strict=True):
+        metrics[f"async/staleness_hist/{int(value)}"] = int(count)
+    return metrics
+
+
+@dataclass
+class RunSummary:
+    """What a user wants to see when the run ends: did it learn, how fast, where did time go."""
+
+    started: float = field(default_factory=time.time)
+    rewards: list[tuple[int, float]] = field(default_factory=list)
+    samples: int = 0
+    tokens: int = 0
+    staleness_max: float = 0.0
+    staleness_sum: float = 0.0
+    sync_seconds: list[float] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    def add_step(self, step: int, metrics: dict[str, Any]) -> None:
+        self.rewards.append((step, float(metrics["reward/mean"])))
+        n = int(metrics["async/batch_samples"])
+        self.samples += n
+        self.tokens += int(metrics["async/batch_response_tokens"])
+        self.staleness_sum += float(metrics["async/staleness_mean"]) * n
+        self.staleness_max = max(self.staleness_max, float(metrics["async/staleness_max"]))
+        if "async/param_sync_s" in metrics:
+            self.sync_seconds.append(float(metrics["async/param_sync_s"]))
+
+    def finish(self, pipeline_metrics: dict[str, Any], counts: dict[str, Any]) -> None:
+        self.final = dict(pipeline_metrics)
+        self.counts = dict(counts)
+
+    def reward_first_last(self, window: int = 3) -> tuple[float, float]:
+        values = [r for _, r in self.rewards]
+        if not values:
+            return float("nan"), float("nan")
+        return float(np.mean(values[:window])), float(np.mean(values[-window:]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("final", "counts")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counters; wall time restarts, so rates after a resume cover the resumed part."""
+        self.__dict__.update({k: v for k, v in state.items() if k != "started"})
+        self.samples = self.tokens = 0
+
+    def render(self) -> str:
+        elapsed = time.time() - self.started
+        first, last = self.reward_first_last()
+        syncs = self.sync_seconds
+        lines = [
+            "=== rllm_fully_async run summary ===",
+            f"steps: {len(self.rewards)}   prompts drawn/trained/filtered: {self.counts.get('drawn', 0)}/"
+            f"{self.counts.get('trained', 0)}/{sum(self.counts.get('filtered_by_reason', {}).values())}",
+            f"reward (mean of first/last 3 steps): {first:.3f} -> {last:.3f}",
+            f"samples/s: {self.samples / elapsed:.2f}   response tokens/s: {self.tokens / elapsed:.1f}   "
+            f"wall: {elapsed:.1f}s",
+            f"trainer idle ratio: {self.final.get('async/trainer_idle_ratio', float('nan')):.3f}   "
+            f"rollout idle ratio: {self.final.get('rollout/idle_ratio', float('nan')):.3f}",
+            f"staleness mean/max: {self.staleness_sum / max(1, self.samples):.2f}/{self.staleness_max:.0f}   "
+            f"param syncs: {len(syncs)}, mean {np.mean(syncs) if syncs else 0.0:.3f}s",
+        ]
+        return "\n".join(lines)

@@ -1,0 +1,348 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""FullyAsyncTrainer: verl's PPO step, fed by the rollout queue instead of a synchronous generate call.
+
+The trainer never generates. It takes ``required_samples`` finished groups from the MessageQueue,
+assembles them into a ``DataProto``, and runs verl's own pieces on them: old-log-prob recompute (or
+bypass), reference policy and KL, rollout correction between the behaviour and the current policy,
+the configured advantage estimator, and ``update_actor`` on the patched ``dp_actor``. Every
+``trigger_parameter_sync_step`` steps it pushes the new weights to the rollout servers (ParamSync).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+from verl.trainer.ppo.core_algos import agg_loss
+from verl.trainer.ppo.metric_utils import compute_data_metrics, reduce_metrics
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer, apply_kl_penalty, compute_advantage
+from verl.trainer.ppo.utils import need_reference_policy
+from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+from verl.utils.debug import marked_timer
+
+from rllm_fully_async.batch import build_batch
+from rllm_fully_async.metrics import RunSummary, async_metrics
+from rllm_fully_async.param_sync import ParamSync
+
+STATE_FILE = "fully_async_state.pt"
+
+
+@dataclass
+class ExecutorGate:
+    """Lets ParamSync pause and resume the rollout executor actor around a weight sync."""
+
+    executor: Any
+
+    def pause(self) -> None:
+        ray.get(self.executor.pause.remote())
+
+    def resume(self, version: int) -> None:
+        ray.get(self.executor.resume.remote(version))
+
+
+@dataclass
+class StepClock:
+    """Wall time split into waiting for data, training and syncing, for the idle ratios."""
+
+    started: float = field(default_factory=time.perf_counter)
+    waiting_s: float = 0.0
+    sync_s: float = 0.0
+
+    def idle_ratio(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.waiting_s / elapsed if elapsed > 0 else 0.0
+
+
+class FullyAsyncTrainer(RayPPOTrainer):
+    """verl's ``RayPPOTrainer`` with the rollout moved out of the step.
+
+    The parent's ``__init__`` builds verl's own dataloaders and a colocated rollout; neither exists
+    here (prompts are drawn by the RolloutExecutor), so this sets only the attributes the reused
+    parent methods (``_compute_old_log_prob``, ``_compute_ref_log_prob``, ``_update_actor``,
+    ``_balance_batch``) read.
+    """
+
+    def __init__(
+        self,
+        config: DictConfig,
+        tokenizer,
+        actor_wg,
+        queue,
+        executor,
+        param_sync: ParamSync,
+        total_training_steps: int,
+        ref_wg=None,
+        validate_fn: Callable[[int], dict[str, float]] | None = None,
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.processor = None
+        self.actor_rollout_wg = actor_wg
+        self.ref_policy_wg = ref_wg
+        self.queue = queue
+        self.executor = executor
+        self.param_sync = param_sync
+        self.validate_fn = validate_fn
+        self.total_training_steps = total_training_steps
+        self.use_reference_policy = need_reference_policy(config)
+        if self.use_reference_policy and ref_wg is None:
+            raise ValueError("use_kl_loss / use_kl_in_reward need a reference policy worker group (ref_wg)")
+        self.use_critic = False
+        self.use_rm = False
+        self.ref_in_actor = False
+        self.use_legacy_worker_impl = "auto"
+        self.use_prefix_grouper = False
+        if config.algorithm.use_kl_in_reward:
+            from verl.trainer.ppo import core_algos
+
+            self.kl_ctrl_in_reward = core_algos.get_kl_controller(config.algorithm.kl_ctrl)
+        self.async_cfg = config.async_training
+        self.global_steps = 0
+        self.param_version = 0
+        self.clock = StepClock()
+        self.summary = RunSummary()
+
+    # ------------------------------------------------------------------ training loop
+    def fit(self) -> RunSummary:
+        """Train until ``total_training_steps`` or until the rollout side has no more data."""
+        from verl.utils.tracking import Tracking
+
+        logger = Tracking(
+            project_name=self.config.trainer.project_name,
+            experiment_name=self.config.trainer.experiment_name,
+            default_backend=list(self.config.trainer.logger),
+            config=OmegaConf.to_container(self.config, resolve=True),
+        )
+        self._load_checkpoint()
+        run_ref = self.executor.run.remote()
+        progress = tqdm(total=self.total_training_steps, initial=self.global_steps, desc="Training")
+        self.clock = StepClock()
+        try:
+            while self.global_steps < self.total_training_steps:
+                groups = self._next_groups(run_ref)
+                if not groups:
+                    break
+                metrics = self._train_step(groups)
+                self.global_steps += 1
+                is_last = self.global_steps >= self.total_training_steps
+                if self.global_steps % self.async_cfg.trigger_parameter_sync_step == 0 or is_last:
+                    metrics.update(self._sync_weights())
+                if self._due(self.config.trainer.save_freq, is_last):
+                    self._save_checkpoint()
+                if self.validate_fn is not None and self._due(self.config.trainer.test_freq, is_last):
+                    metrics.update(self._validate_now())
+                metrics.update(self._pipeline_metrics())
+                self.summary.add_step(self.global_steps, metrics)
+                logger.log(data=metrics, step=self.global_steps)
+                progress.update(1)
+        finally:
+            progress.close()
+            ray.get(self.executor.stop.remote())
+        self.summary.finish(self._pipeline_metrics(), ray.get(self.queue.counts.remote()))
+        return self.summary
+
+    def _due(self, freq: int, is_last: bool) -> bool:
+        return freq is not None and freq > 0 and (is_last or self.global_steps % freq == 0)
+
+    def _next_groups(self, run_ref) -> list:
+        """Block until the queue yields a batch; surface a rollout failure at once instead of waiting."""
+        cfg = self.async_cfg
+        start = time.perf_counter()
+        get_ref = self.queue.get_batch.remote(
+            cfg.required_samples,
+            self.param_version,
+            cfg.max_staleness,
+            cfg.staleness_policy,
+            cfg.queue_get_timeout_s,
+        )
+        ready, _ = ray.wait([get_ref, run_ref], num_returns=1, timeout=cfg.queue_get_timeout_s + 30)
+        if not ready:
+            raise TimeoutError(
+                f"no training batch arrived within async_training.queue_get_timeout_s={cfg.queue_get_timeout_s}s; "
+                "are the rollout servers alive?"
+            )
+        if ready[0] == run_ref:
+            ray.get(run_ref)  # raises the executor's error, if any; otherwise the data is exhausted
+        groups, _ended = ray.get(get_ref)
+        self.clock.waiting_s += time.perf_counter() - start
+        groups = list(groups)
+        dp_size = self.actor_rollout_wg.world_size
+        n_samples = sum(len(g.samples) for g in groups)
+        if groups and n_samples % dp_size:
+            raise RuntimeError(
+                f"final batch of {n_samples} samples does not split over {dp_size} data-parallel ranks; "
+                "choose data sizes so that (prompts x rollout.n) divides by the trainer world size"
+            )
+        return groups
+
+    def _train_step(self, groups: list) -> dict[str, Any]:
+        """One PPO/GRPO update on ``groups``, using verl's own estimators and losses."""
+        config = self.config
+        metrics: dict[str, Any] = {}
+        timing: dict[str, float] = {}
+        with marked_timer("step", timing):
+            batch = build_batch(
+                groups,
+                pad_token_id=self.tokenizer.pad_token_id,
+                trainer_version=self.param_version,
+                temperature=config.actor_rollout_ref.rollout.temperature,
+            )
+            batch.meta_info["global_steps"] = self.global_steps
+            if config.trainer.balance_batch and self.actor_rollout_wg.world_size > 1:
+                self._balance_batch(batch, metrics=metrics)
+
+            rollout_corr = config.algorithm.get("rollout_correction", None)
+            bypass = bool(rollout_corr is not None and rollout_corr.get("bypass_mode", False))
+            if bypass:
+                from verl.trainer.ppo.rollout_corr_helper import apply_bypass_mode
+
+                apply_bypass_mode(batch, rollout_corr, config.actor_rollout_ref.actor.policy_loss)
+            else:
+                with marked_timer("old_log_prob", timing):
+                    old_log_prob, _ = self._compute_old_log_prob(batch)
+                entropy = agg_loss(
+                    loss_mat=old_log_prob.batch["entropys"],
+                    loss_mask=batch.batch["response_mask"],
+                    loss_agg_mode=config.actor_rollout_ref.actor.loss_agg_mode,
+                )
+                metrics["actor/entropy"] = entropy.item()
+                old_log_prob.batch.pop("entropys")
+                batch = batch.union(old_log_prob)
+
+            if self.use_reference_policy:
+                with marked_timer("ref", timing):
+                    batch = batch.union(self._compute_ref_log_prob(batch))
+
+            with marked_timer("adv", timing):
+                if config.algorithm.use_kl_in_reward:
+                    batch, kl_metrics = apply_kl_penalty(
+                        batch, kl_ctrl=self.kl_ctrl_in_reward, kl_penalty=config.algorithm.kl_penalty
+                    )
+                    metrics.update(kl_metrics)
+                else:
+                    batch.batch["token_level_rewards"] = batch.batch["token_level_scores"]
+                if rollout_corr is not None and not bypass:
+                    from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
+
+                    batch, corr_metrics = compute_rollout_correction_and_add_to_batch(batch, rollout_corr)
+                    metrics.update(corr_metrics)
+                batch = compute_advantage(
+                    batch,
+                    adv_estimator=config.algorithm.adv_estimator,
+                    gamma=config.algorithm.gamma,
+                    lam=config.algorithm.lam,
+                    num_repeat=config.actor_rollout_ref.rollout.n,
+                    norm_adv_by_std_in_grpo=config.algorithm.get("norm_adv_by_std_in_grpo", True),
+                    config=config.algorithm,
+                )
+            with marked_timer("update_actor", timing):
+                actor_output = self._update_actor(batch)
+            metrics.update(reduce_metrics(actor_output.meta_info["metrics"]))
+
+        metrics.update(compute_data_metrics(batch=batch, use_critic=False))
+        metrics.update({f"timing_s/{name}": seconds for name, seconds in timing.items()})
+        metrics.update(async_metrics(groups, batch, self.param_version))
+        metrics["training/global_step"] = self.global_steps + 1
+        return metrics
+
+    def _sync_weights(self) -> dict[str, float]:
+        start = time.perf_counter()
+        stats = self.param_sync.sync(self.param_version + 1)
+        self.param_version += 1
+        self.clock.sync_s += time.perf_counter() - start
+        return {
+            "async/param_version": self.param_version,
+            "async/param_sync_s": stats.total_s,
+            "async/param_sync_pause_s": stats.pause_s,
+            "async/param_sync_transfer_s": stats.transfer_s,
+            "async/param_sync_resume_s": stats.resume_s,
+        }
+
+    def _validate_now(self) -> dict[str, float]:
+        """Validate on the weights the servers hold now; syncs first so they equal the trainer's."""
+        if self.global_steps % self.async_cfg.trigger_parameter_sync_step != 0:
+            self._sync_weights()
+        return self.validate_fn(self.param_version)
+
+    def _pipeline_metrics(self) -> dict[str, float]:
+        counts = ray.get(self.queue.counts.remote())
+        rollout = ray.get(self.executor.stats.remote())
+        out = {f"async/{k}": v for k, v in counts.items() if isinstance(v, int | float)}
+        for reason, count in counts.get("filtered_by_reason", {}).items():
+            out[f"async/filtered/{reason}"] = count
+        out.update({f"rollout/{k}": v for k, v in rollout.items() if isinstance(v, int | float)})
+        out["async/trainer_idle_ratio"] = self.clock.idle_ratio()
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.config.trainer.default_local_dir, f"global_step_{step}")
+
+    def _save_checkpoint(self) -> None:
+        """Actor + optimizer, queue contents, in-flight prompts, dataloader position, counters, version.
+
+        The executor is paused while the rollout state is captured so that the dataloader position,
+        the in-flight prompts and the queue agree with each other.
+        """
+        step_dir = self._step_dir(self.global_steps)
+        self.actor_rollout_wg.save_checkpoint(
+            os.path.join(step_dir, "actor"),
+            None,
+            self.global_steps,
+            max_ckpt_to_keep=self.config.trainer.get("max_actor_ckpt_to_keep", None),
+        )
+        ray.get(self.executor.pause.remote())
+        try:
+            state = {
+                "global_steps": self.global_steps,
+                "param_version": self.param_version,
+                "executor": ray.get(self.executor.state_dict.remote()),
+                "queue": ray.get(self.queue.state_dict.remote()),
+                "summary": self.summary.state_dict(),
+            }
+        finally:
+            ray.get(self.executor.resume.remote(self.param_version))
+        tmp = os.path.join(step_dir, STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, os.path.join(step_dir, STATE_FILE))
+        tracker = os.path.join(self.config.trainer.default_local_dir, "latest_checkpointed_iteration.txt")
+        with open(tracker + ".tmp", "w") as f:
+            f.write(str(self.global_steps))
+        os.replace(tracker + ".tmp", tracker)
+
+    def _load_checkpoint(self) -> None:
+        """Resume actor, rollout state and version from the latest checkpoint (``trainer.resume_mode``)."""
+        mode = self.config.trainer.resume_mode
+        if mode == "disable":
+            return
+        if mode == "resume_path":
+            step_dir = self.config.trainer.resume_from_path
+        else:
+            step_dir = find_latest_ckpt_path(os.path.abspath(self.config.trainer.default_local_dir))
+            if step_dir is None:
+                return
+        state_path = os.path.join(step_dir, STATE_FILE)
+        if not os.path.exists(state_path):
+            raise FileNotFoundError(
+                f"{state_path} is missing: {step_dir} is not a complete fully-async checkpoint "
+                "(set trainer.resume_mode=disable to start fresh)"
+            )
+        state = torch.load(state_path, weights_only=False)
+        self.actor_rollout_wg.load_checkpoint(os.path.join(step_dir, "actor"), del_local_after_load=False)
+        self.global_steps = state["global_steps"]
+        self.param_version = state["param_version"]
+        ray.get(self.queue.load_state_dict.remote(state["queue"]))
+        ray.get(self.executor.load_state_dict.remote(state["executor"]))
+        self.summary.load_state_dict(state["summary"])
+        # The servers restarted with the initial weights: push the checkpoint's weights under its version.
+        stats = self.param_sync.sync(self.param_version)
+        print(f"resumed from {step_dir} at step {self.global_steps}, param version {self.param_version} "
+              f"(weights pushed in {stats.total_s:.2f}s)")
+

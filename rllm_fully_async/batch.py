@@ -19,7 +19,9 @@ from verl.utils.model import compute_position_id_with_mask
 from rllm_fully_async.trajectory import TrajectoryGroup
 
 
-def _pad(rows: Sequence[Sequence[float]], width: int, value: float, dtype: torch.dtype, left: bool) -> torch.Tensor:
+def _pad(
+    rows: Sequence[Sequence[float]], width: int, value: float, dtype: torch.dtype, left: bool
+) -> torch.Tensor:
     out = torch.full((len(rows), width), value, dtype=dtype)
     for i, row in enumerate(rows):
         if len(row) == 0:
@@ -50,7 +52,9 @@ def build_batch(
     response_ids = _pad(responses, response_width, pad_token_id, torch.long, left=False)
     response_attention = _pad([[1] * len(r) for r in responses], response_width, 0, torch.long, left=False)
     response_mask = _pad([s.response_mask for _, s in samples], response_width, 0, torch.long, left=False)
-    rollout_log_probs = _pad([s.response_logprobs for _, s in samples], response_width, 0.0, torch.float32, False)
+    rollout_log_probs = _pad(
+        [s.response_logprobs for _, s in samples], response_width, 0.0, torch.float32, False
+    )
 
     scores = torch.zeros((len(samples), response_width), dtype=torch.float32)
     for i, (_, sample) in enumerate(samples):
@@ -71,7 +75,9 @@ def build_batch(
         },
         non_tensors={
             "uid": np.array([g.uid for g, _ in samples], dtype=object),
-            "data_source": np.array([g.datum.get("data_source", "unknown") for g, _ in samples], dtype=object),
+            "data_source": np.array(
+                [g.datum.get("data_source", "unknown") for g, _ in samples], dtype=object
+            ),
             "staleness": np.array([trainer_version - s.min_version for _, s in samples], dtype=np.int64),
             "num_aborts": np.array([s.num_aborts for _, s in samples], dtype=np.int64),
             "finish_reason": np.array([s.finish_reason for _, s in samples], dtype=object),

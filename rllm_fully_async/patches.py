@@ -156,17 +156,21 @@ def patch_state(target: Path | None = None) -> str:
     return _state_of(_target_file(target).read_bytes())
 
 
-def _unknown_message(file: Path) -> str:
+def _apply_command(target: Path | None) -> str:
+    return APPLY_COMMAND if target is None else f"{APPLY_COMMAND} --target {target}"
+
+
+def _unknown_message(file: Path, target: Path | None) -> str:
     found = verl_version(file.parents[2])
     if found != VERL_VERSION:
         return (
             f"{file} is from verl {found}, but rllm_fully_async needs verl {VERL_VERSION}. "
-            f"Install it with: pip install verl=={VERL_VERSION}, then run: {APPLY_COMMAND}"
+            f"Install it with: pip install verl=={VERL_VERSION}, then run: {_apply_command(target)}"
         )
     return (
         f"{file} (verl {found}) matches neither verl {VERL_VERSION}'s original nor the patched text; "
         f"it was modified by hand or by another patch. Restore it with: "
-        f"pip install --force-reinstall --no-deps verl=={VERL_VERSION}, then run: {APPLY_COMMAND}"
+        f"pip install --force-reinstall --no-deps verl=={VERL_VERSION}, then run: {_apply_command(target)}"
     )
 
 
@@ -194,16 +198,23 @@ def _transform(target: Path | None, want: str) -> bool:
     if state == want:
         return False
     if state == UNKNOWN:
-        raise VerlPatchError(_unknown_message(file))
+        raise VerlPatchError(_unknown_message(file, target))
     text = data.decode("utf-8")
-    new_text = patched_text(text) if want == PATCHED else original_text(text)
     expected = PATCHED_SHA256 if want == PATCHED else ORIGINAL_SHA256
-    if _sha256(new_text.encode("utf-8")) != expected:
-        raise VerlPatchError(f"{PATCH_FILE} does not turn {file} into the expected text; reinstall rllm_fully_async")
+    try:
+        new_text = patched_text(text) if want == PATCHED else original_text(text)
+        if _sha256(new_text.encode("utf-8")) != expected:
+            raise ValueError("the result differs from the expected text")
+    except ValueError as err:  # a damaged or stale patch file, never the verl file (its hash matched)
+        raise VerlPatchError(
+            f"{PATCH_FILE} does not apply to {file}: {err}; reinstall rllm_fully_async"
+        ) from err
     try:
         _write_atomically(file, new_text)
     except PermissionError as err:
-        raise VerlPatchError(f"cannot write {file}: {err}; run the command as a user who owns the verl install") from err
+        raise VerlPatchError(
+            f"cannot write {file}: {err}; run the command as a user who owns the verl install"
+        ) from err
     return True
 
 
@@ -217,27 +228,35 @@ def revert_patch(target: Path | None = None) -> bool:
     return _transform(target, ORIGINAL)
 
 
-def require_patched_verl() -> None:
-    """Raise RuntimeError naming the problem and the fixing command unless the installed verl is patched."""
+def require_patched_verl(target: Path | None = None) -> None:
+    """Raise RuntimeError naming the problem and the fix command unless verl (default: installed) is patched.
+
+    The trainer calls this at startup: unpatched verl trains, but with per-mini-batch steps and
+    mis-weighted micro-batches, which is wrong without any visible error.
+    """
     try:
-        file = _target_file(None)
+        file = _target_file(target)
     except VerlPatchError as err:
         raise RuntimeError(f"rllm_fully_async cannot start: {err}") from None
-    state = patch_state(None)
+    state = patch_state(target)
     if state == ORIGINAL:
         raise RuntimeError(
             f"rllm_fully_async cannot start: verl {VERL_VERSION} at {file.parents[2]} is not patched "
             f"(fully-async updates need one optimizer step per batch and a whole-batch token-mean loss). "
-            f"Fix: {APPLY_COMMAND}"
+            f"Fix: {_apply_command(target)}"
         )
     if state == UNKNOWN:
-        raise RuntimeError(f"rllm_fully_async cannot start: {_unknown_message(file)}")
+        raise RuntimeError(f"rllm_fully_async cannot start: {_unknown_message(file, target)}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rllm_fully_async.patches", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m rllm_fully_async.patches", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("command", choices=["apply", "check", "revert", "status"])
-    parser.add_argument("--target", type=Path, default=None, help="verl package root (default: installed verl)")
+    parser.add_argument(
+        "--target", type=Path, default=None, help="verl package root (default: installed verl)"
+    )
     args = parser.parse_args(argv)
     try:
         file = _target_file(args.target)
@@ -246,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "check":
             state = patch_state(args.target)
             if state != PATCHED:
-                fix = _unknown_message(file) if state == UNKNOWN else f"run: {APPLY_COMMAND}"
+                fix = (
+                    _unknown_message(file, args.target)
+                    if state == UNKNOWN
+                    else f"run: {_apply_command(args.target)}"
+                )
                 print(f"not patched ({state}): {file}. {fix}", file=sys.stderr)
                 return 1
             print(f"patched: {file}")

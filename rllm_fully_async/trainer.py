@@ -165,8 +165,8 @@ class FullyAsyncTrainer(RayPPOTrainer):
         ready, _ = ray.wait([get_ref, run_ref], num_returns=1, timeout=cfg.queue_get_timeout_s + 30)
         if not ready:
             raise TimeoutError(
-                f"no training batch arrived within async_training.queue_get_timeout_s={cfg.queue_get_timeout_s}s; "
-                "are the rollout servers alive?"
+                "no training batch arrived within "
+                f"async_training.queue_get_timeout_s={cfg.queue_get_timeout_s}s; are the rollout servers alive?"
             )
         if ready[0] == run_ref:
             ray.get(run_ref)  # raises the executor's error, if any; otherwise the data is exhausted
@@ -229,7 +229,9 @@ class FullyAsyncTrainer(RayPPOTrainer):
                 else:
                     batch.batch["token_level_rewards"] = batch.batch["token_level_scores"]
                 if rollout_corr is not None and not bypass:
-                    from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
+                    from verl.trainer.ppo.rollout_corr_helper import (
+                        compute_rollout_correction_and_add_to_batch,
+                    )
 
                     batch, corr_metrics = compute_rollout_correction_and_add_to_batch(batch, rollout_corr)
                     metrics.update(corr_metrics)
@@ -343,6 +345,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
         self.summary.load_state_dict(state["summary"])
         # The servers restarted with the initial weights: push the checkpoint's weights under its version.
         stats = self.param_sync.sync(self.param_version)
-        print(f"resumed from {step_dir} at step {self.global_steps}, param version {self.param_version} "
-              f"(weights pushed in {stats.total_s:.2f}s)")
-
+        print(
+            f"resumed from {step_dir} at step {self.global_steps}, param version {self.param_version} "
+            f"(weights pushed in {stats.total_s:.2f}s)"
+        )

@@ -1,0 +1,213 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""Fail fast on a bad configuration, naming the key and the fix, before any worker starts.
+
+A mistake found here costs a second; the same mistake found inside a Ray worker costs minutes and
+arrives as a stack trace from deep inside verl.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from omegaconf import DictConfig
+
+ASYNC_KEYS = {
+    "mode",
+    "required_samples",
+    "trigger_parameter_sync_step",
+    "staleness_threshold",
+    "max_staleness",
+    "staleness_policy",
+    "partial_rollout",
+    "max_queue_size",
+    "max_concurrency",
+    "max_retries",
+    "rollout_fn",
+    "queue_get_timeout_s",
+    "param_sync_timeout_s",
+    "weight_sync_bucket_mb",
+}
+ROLLOUT_SERVER_KEYS = {"urls", "num_servers", "startup_timeout_s", "extra_args", "num_threads"}
+ROLLOUT_ENGINES = ("sglang", "cpu_engine")
+# Estimators computed from outcome rewards alone. GAE needs a critic and REMAX a greedy baseline rollout,
+# neither of which the fully-async trainer runs.
+SUPPORTED_ESTIMATORS = (
+    "grpo",
+    "grpo_vectorized",
+    "grpo_passk",
+    "rloo",
+    "rloo_vectorized",
+    "reinforce_plus_plus",
+    "reinforce_plus_plus_baseline",
+    "opo",
+    "gpg",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and how to fix it."""
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _check_known_keys(node: DictConfig, known: set[str], section: str) -> None:
+    unknown = sorted(set(node.keys()) - known)
+    if unknown:
+        raise ConfigError(
+            f"{section}.{unknown[0]}: unknown key. Valid keys of {section}: {', '.join(sorted(known))}"
+        )
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def queue_bound(cfg: DictConfig) -> int:
+    """``max_queue_size``, or by default the groups one sync window may launch (the admission budget)."""
+    a = cfg.async_training
+    if a.max_queue_size is not None:
+        return int(a.max_queue_size)
+    return int(a.required_samples * (1 + a.staleness_threshold) * a.trigger_parameter_sync_step + 0.999999)
+
+
+def validate_async_training(cfg: DictConfig) -> None:
+    """Checks of the ``async_training`` section alone."""
+    a = cfg.async_training
+    _check_known_keys(a, ASYNC_KEYS, "async_training")
+    _require(a.mode in ("async", "sync"), "async_training.mode", f"must be 'async' or 'sync', got {a.mode!r}")
+    _require(
+        isinstance(a.required_samples, int) and a.required_samples >= 1,
+        "async_training.required_samples",
+        f"must be a positive integer (groups per training step), got {a.required_samples!r}",
+    )
+    _require(
+        isinstance(a.trigger_parameter_sync_step, int) and a.trigger_parameter_sync_step >= 1,
+        "async_training.trigger_parameter_sync_step",
+        f"must be an integer >= 1, got {a.trigger_parameter_sync_step!r}",
+    )
+    _require(
+        a.staleness_threshold >= 0,
+        "async_training.staleness_threshold",
+        f"must be >= 0 (0 = no extra rollouts beyond one window), got {a.staleness_threshold}",
+    )
+    _require(
+        a.max_staleness is None or (isinstance(a.max_staleness, int) and a.max_staleness >= 0),
+        "async_training.max_staleness",
+        f"must be null or an integer >= 0, got {a.max_staleness!r}",
+    )
+    _require(
+        a.staleness_policy in ("drop", "keep"),
+        "async_training.staleness_policy",
+        f"must be 'drop' or 'keep', got {a.staleness_policy!r}",
+    )
+    _require(
+        a.max_queue_size is None or a.max_queue_size >= a.required_samples,
+        "async_training.max_queue_size",
+        f"({a.max_queue_size}) must be >= async_training.required_samples ({a.required_samples}), "
+        "or a training step could never be filled",
+    )
+    _require(
+        a.max_concurrency >= 1, "async_training.max_concurrency", f"must be >= 1, got {a.max_concurrency}"
+    )
+    _require(a.max_retries >= 0, "async_training.max_retries", f"must be >= 0, got {a.max_retries}")
+    _require(a.queue_get_timeout_s > 0, "async_training.queue_get_timeout_s", "must be > 0 seconds")
+    _require(a.param_sync_timeout_s > 0, "async_training.param_sync_timeout_s", "must be > 0 seconds")
+
+
+def _check_path(path: str | None, key: str, what: str) -> None:
+    if path is None:
+        return
+    expanded = os.path.expanduser(str(path))
+    _require(os.path.exists(expanded), key, f"{what} {path!r} does not exist")
+
+
+def _looks_local(path: str) -> bool:
+    """Absolute, home- or dot-relative paths are local; anything else may be a hub id like ``org/name``."""
+    return path.startswith(("/", ".", "~"))
+
+
+def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
+    """Validate the whole run configuration; raises ``ConfigError`` on the first problem."""
+    has_cuda = cuda_available() if has_cuda is None else has_cuda
+    validate_async_training(cfg)
+    _check_known_keys(cfg.rollout_servers, ROLLOUT_SERVER_KEYS, "rollout_servers")
+
+    model_key = "actor_rollout_ref.model.path"
+    model_path = cfg.actor_rollout_ref.model.path
+    _require(
+        model_path is not None,
+        model_key,
+        "is required: a Hugging Face checkpoint directory or hub id, e.g. "
+        f"{model_key}=Qwen/Qwen2.5-0.5B-Instruct ('toy' selects the built-in tiny model)",
+    )
+    if _looks_local(str(model_path)):
+        _check_path(model_path, model_key, "model directory")
+
+    rollout = cfg.actor_rollout_ref.rollout
+    _require(
+        isinstance(rollout.n, int) and rollout.n >= 1,
+        "actor_rollout_ref.rollout.n",
+        f"must be an integer >= 1 (responses per prompt), got {rollout.n!r}",
+    )
+    _require(
+        rollout.name in ROLLOUT_ENGINES,
+        "actor_rollout_ref.rollout.name",
+        f"must be one of {ROLLOUT_ENGINES}, got {rollout.name!r}",
+    )
+    if rollout.name == "sglang" and not has_cuda and not cfg.rollout_servers.urls:
+        raise ConfigError(
+            "actor_rollout_ref.rollout.name: 'sglang' needs a CUDA GPU on this machine; use "
+            "actor_rollout_ref.rollout.name=cpu_engine, or point rollout_servers.urls at running servers"
+        )
+
+    for key in ("train_files", "val_files"):
+        files = cfg.data.get(key)
+        if files is None:
+            continue
+        for f in [files] if isinstance(files, str) else list(files):
+            _check_path(f, f"data.{key}", "data file")
+
+    actor = cfg.actor_rollout_ref.actor
+    strategy = actor.strategy
+    if strategy == "megatron":
+        _require(
+            has_cuda,
+            "actor_rollout_ref.actor.strategy",
+            "'megatron' needs CUDA GPUs (Megatron's forward pass calls torch.cuda); use strategy=fsdp2 "
+            "on a CPU-only machine",
+        )
+        _require(
+            importlib.util.find_spec("megatron.core") is not None,
+            "actor_rollout_ref.actor.strategy",
+            "'megatron' needs megatron-core: run install/gpu-megatron-sglang.sh",
+        )
+    else:
+        _require(
+            strategy in ("fsdp", "fsdp2"),
+            "actor_rollout_ref.actor.strategy",
+            f"must be fsdp, fsdp2 or megatron, got {strategy!r}",
+        )
+        _require(
+            has_cuda or strategy == "fsdp2",
+            "actor_rollout_ref.actor.strategy",
+            "FSDP1 cannot shard on CPU (verl's sync_module_states check); use strategy=fsdp2",
+        )
+    _require(
+        actor.loss_agg_mode == "token-mean",
+        "actor_rollout_ref.actor.loss_agg_mode",
+        "fully-async batches vary in size, so the patched dp_actor takes one token-mean over the whole "
+        f"batch; set it to token-mean (got {actor.loss_agg_mode!r})",
+    )
+    _require(
+        cfg.algorithm.adv_estimator in SUPPORTED_ESTIMATORS,
+        "algorithm.adv_estimator",
+        f"{cfg.algorithm.adv_estimator!r} is not supported (GAE needs a critic and REMAX a greedy "
+        f"baseline rollout, which the fully-async trainer does not run); choose one of "
+        f"{', '.join(SUPPORTED_ESTIMATORS)}",
+    )

@@ -1,0 +1,176 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""``python -m rllm_fully_async.main [--config-name NAME] [key=value ...]``: one fully-async run.
+
+Starts everything the run needs and stops it at the end: the rollout servers, the MessageQueue, the
+RolloutExecutor, the actor (and reference) worker groups, ParamSync, and the FullyAsyncTrainer.
+With no ``--config-name`` the FSDP config is used on a GPU machine and the CPU default elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import ray
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from rllm_fully_async.config_validation import ConfigError, cuda_available, queue_bound, validate
+from rllm_fully_async.metrics import RunSummary
+from rllm_fully_async.paths import config_dir
+
+GPU_DEFAULT_CONFIG = "fully_async_ppo_trainer"
+CPU_DEFAULT_CONFIG = "fully_async_ppo_cpu"
+
+
+TOY = "toy"
+
+
+def fill_toy_defaults(cfg: DictConfig) -> None:
+    """Build the offline toy model and task data where the config names them with the value ``toy``."""
+    base = Path(os.path.expanduser(cfg.trainer.default_local_dir)).resolve().parent / "toy_assets"
+    with open_dict(cfg):
+        if cfg.actor_rollout_ref.model.path == TOY:
+            from rllm_fully_async import toy
+
+            cfg.actor_rollout_ref.model.path = str(toy.ensure_built(base / "model"))
+        if TOY in (cfg.data.train_files, cfg.data.val_files):
+            from rllm_fully_async import toy_task
+
+            train, val = toy_task.ensure_dataset(base / "data")
+            cfg.data.train_files = train if cfg.data.train_files == TOY else cfg.data.train_files
+            cfg.data.val_files = val if cfg.data.val_files == TOY else cfg.data.val_files
+            if cfg.custom_reward_function.path is None:
+                cfg.custom_reward_function.path = toy_task.__file__
+                cfg.custom_reward_function.name = "compute_score"
+
+
+def apply_mode(cfg: DictConfig) -> None:
+    """``async_training.mode=sync`` is the lock-step baseline: one window of exactly one batch, no overlap."""
+    a = cfg.async_training
+    with open_dict(cfg):
+        if a.mode == "sync":
+            a.staleness_threshold = 0.0
+            a.trigger_parameter_sync_step = 1
+            a.partial_rollout = False
+        a.max_queue_size = queue_bound(cfg)
+
+
+def total_training_steps(cfg: DictConfig, prompts_per_epoch: int) -> int:
+    """Steps the run will take, known before the optimizer's LR schedule is built."""
+    steps = math.ceil(prompts_per_epoch * cfg.trainer.total_epochs / cfg.async_training.required_samples)
+    if cfg.trainer.total_training_steps is not None:
+        steps = min(steps, int(cfg.trainer.total_training_steps))
+    return steps
+
+
+def init_ray(cfg: DictConfig) -> None:
+    if ray.is_initialized():
+        return
+    num_cpus = cfg.get("ray_kwargs", {}).get("ray_init", {}).get("num_cpus")
+    ray.init(
+        num_cpus=num_cpus or max(4, os.cpu_count() or 1),
+        include_dashboard=False,
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "NCCL_DEBUG": "WARN"}},
+    )
+
+
+def run(cfg: DictConfig) -> RunSummary:
+    """Run one fully-async (or lock-step) training job described by ``cfg``."""
+    from transformers import AutoTokenizer
+    from verl.trainer.ppo.utils import need_reference_policy
+
+    from rllm_fully_async.executor import RolloutExecutor
+    from rllm_fully_async.message_queue import MessageQueue
+    from rllm_fully_async.param_sync import ParamSync
+    from rllm_fully_async.patches import require_patched_verl
+    from rllm_fully_async.rollout_servers import start_rollout_servers
+    from rllm_fully_async.trainer import ExecutorGate, FullyAsyncTrainer
+    from rllm_fully_async.validation import Validator
+    from rllm_fully_async.workers import create_actor_worker_group
+
+    has_cuda = cuda_available()
+    fill_toy_defaults(cfg)
+    validate(cfg, has_cuda=has_cuda)
+    require_patched_verl()
+    apply_mode(cfg)
+
+    init_ray(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.actor_rollout_ref.model.path)
+    servers = start_rollout_servers(cfg)
+    param_sync = None
+    try:
+        urls = servers.urls
+        queue = MessageQueue.options(num_cpus=0).remote(cfg.async_training.max_queue_size)
+        executor = RolloutExecutor.options(num_cpus=0).remote(
+            OmegaConf.to_container(cfg, resolve=True), urls, queue
+        )
+        steps = total_training_steps(cfg, ray.get(executor.num_prompts_per_epoch.remote()))
+        with open_dict(cfg):
+            cfg.actor_rollout_ref.actor.optim.total_training_steps = steps
+
+        actor_wg = create_actor_worker_group(cfg, role="actor")
+        actor_wg.init_model()
+        ref_wg = None
+        if need_reference_policy(cfg):
+            ref_wg = create_actor_worker_group(cfg, role="ref")
+            ref_wg.init_model()
+
+        param_sync = ParamSync(
+            actor_wg,
+            urls,
+            ExecutorGate(executor),
+            backend="nccl" if has_cuda else "gloo",
+            bucket_size_mb=cfg.async_training.weight_sync_bucket_mb,
+            timeout_s=cfg.async_training.param_sync_timeout_s,
+        )
+        param_sync.init_group()
+        validator = (
+            Validator(cfg, urls, tokenizer) if cfg.data.val_files and cfg.trainer.test_freq > 0 else None
+        )
+        trainer = FullyAsyncTrainer(
+            cfg,
+            tokenizer,
+            actor_wg=actor_wg,
+            queue=queue,
+            executor=executor,
+            param_sync=param_sync,
+            total_training_steps=steps,
+            ref_wg=ref_wg,
+            validate_fn=validator.run if validator else None,
+        )
+        summary = trainer.fit()
+    finally:
+        if param_sync is not None:
+            param_sync.close()
+        servers.stop()
+    print(summary.render(), flush=True)
+    return summary
+
+
+def _default_config_name(argv: list[str]) -> list[str]:
+    """Pick the CPU default when the user named no config and there is no GPU."""
+    named = any(a.startswith(("--config-name", "-cn")) for a in argv)
+    if named:
+        return argv
+    return ["--config-name", GPU_DEFAULT_CONFIG if cuda_available() else CPU_DEFAULT_CONFIG, *argv]
+
+
+@hydra.main(config_path=str(config_dir()), config_name=GPU_DEFAULT_CONFIG, version_base=None)
+def _hydra_entry(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cli() -> None:
+    sys.argv = [sys.argv[0], *_default_config_name(sys.argv[1:])]
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    cli()

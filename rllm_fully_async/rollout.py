@@ -1,0 +1,146 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""The default rollout function (single-turn chat + verifiable reward) and loaders for user functions.
+
+A rollout function is ``async def fn(client, tokenizer, **datum, sampling_params, reward_fn,
+partial_rollout) -> Sample``; the executor calls it once per sample with the dataset row spread as
+keyword arguments (``prompt`` always holds the row's ``data.prompt_key`` column). Functions should
+accept ``**kwargs`` so that new row columns do not break them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+from rllm_fully_async.trajectory import Sample
+
+RewardFn = Callable[..., Any]
+RolloutFn = Callable[..., Any]
+
+
+def chat_prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+    """Token ids of ``messages`` rendered with the tokenizer's chat template plus the generation prompt."""
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.encode(rendered, add_special_tokens=False)
+
+
+async def single_turn_chat(
+    client: Any,
+    tokenizer: Any,
+    *,
+    prompt: list[dict],
+    data_source: str,
+    reward_model: Mapping[str, Any] | None,
+    sampling_params: dict,
+    reward_fn: RewardFn,
+    extra_info: Mapping[str, Any] | None = None,
+    partial_rollout: bool = True,
+    **_: Any,
+) -> Sample:
+    """Generate one response to the chat ``prompt`` and score it against ``reward_model.ground_truth``.
+
+    ``reward_fn`` follows verl's ``compute_score`` convention; it may return a float or a dict with a
+    ``score`` key (the other keys go to ``Sample.extra``), and may be async.
+    """
+    prompt_ids = chat_prompt_ids(tokenizer, prompt)
+    out = await client.generate(prompt_ids, sampling_params, partial_rollout=partial_rollout)
+    solution = tokenizer.decode(out.token_ids, skip_special_tokens=True)
+    ground_truth = (reward_model or {}).get("ground_truth")
+    score = reward_fn(
+        data_source=data_source, solution_str=solution, ground_truth=ground_truth, extra_info=extra_info
+    )
+    if inspect.isawaitable(score):
+        score = await score
+    extra: dict[str, Any] = {}
+    if isinstance(score, Mapping):
+        if "score" not in score:
+            raise ValueError(f"reward function returned a dict without a 'score' key: {sorted(score)}")
+        extra = {k: v for k, v in score.items() if k != "score"}
+        score = score["score"]
+    return Sample(
+        prompt_ids=prompt_ids,
+        response_ids=list(out.token_ids),
+        response_logprobs=list(out.logprobs),
+        reward=float(score),
+        finish_reason=out.finish_reason,
+        min_version=out.min_version,
+        max_version=out.max_version,
+        num_aborts=out.num_aborts,
+        extra=extra,
+    )
+
+
+def _load_file_module(path: str, key: str) -> Any:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{key}: file {path!r} does not exist")
+    name = f"rllm_fully_async_user_{abs(hash(os.path.abspath(path)))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{key}: cannot load {path!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _get_function(module: Any, name: str, where: str, key: str) -> Callable:
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        found = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_"))
+        raise AttributeError(f"{key}: {where} has no function {name!r}; functions defined there: {found}")
+    return fn
+
+
+def load_reward_fn(custom_reward_function: Mapping[str, Any] | None) -> RewardFn:
+    """verl's ``default_compute_score``, or ``custom_reward_function.path``'s function ``name``.
+
+    ``custom_reward_function.reward_kwargs`` are passed to the custom function on every call, as verl does.
+    """
+    cfg = dict(custom_reward_function or {})
+    path = cfg.get("path")
+    if not path:
+        from verl.utils.reward_score import default_compute_score
+
+        return default_compute_score
+    name = cfg.get("name") or "compute_score"
+    module = _load_file_module(str(path), "custom_reward_function.path")
+    fn = _get_function(module, name, repr(path), "custom_reward_function.name")
+    reward_kwargs = dict(cfg.get("reward_kwargs") or {})
+    return partial(fn, **reward_kwargs) if reward_kwargs else fn
+
+
+def load_rollout_fn(spec: str | RolloutFn | None) -> RolloutFn:
+    """The rollout function named by ``spec``: ``"package.module:function"`` or ``"/path/file.py:function"``.
+
+    ``None`` gives :func:`single_turn_chat`; a callable is returned as is. The function must be async.
+    """
+    if spec is None:
+        return single_turn_chat
+    if callable(spec):
+        fn = spec
+    else:
+        target, sep, name = str(spec).rpartition(":")
+        if not sep or not target or not name:
+            raise ValueError(
+                f"async_training.rollout_fn={spec!r}: expected 'package.module:function' or "
+                "'/path/to/file.py:function'"
+            )
+        if target.endswith(".py") or os.sep in target:
+            module = _load_file_module(target, "async_training.rollout_fn")
+        else:
+            try:
+                module = importlib.import_module(target)
+            except ImportError as e:
+                raise ImportError(f"async_training.rollout_fn={spec!r}: cannot import {target!r}: {e}") from e
+        fn = _get_function(module, name, repr(target), "async_training.rollout_fn")
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(
+            f"async_training.rollout_fn: {getattr(fn, '__name__', fn)!r} must be an async function "
+            "(async def fn(client, tokenizer, **datum) -> Sample)"
+        )
+    return fn

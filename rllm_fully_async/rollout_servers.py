@@ -1,0 +1,523 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""Start, watch and stop the rollout servers of a run: SGLang on GPUs, the embedded CPU engine elsewhere.
+
+Each server is a child process owned by a small Ray actor (:class:`ServerHost`) in the run's own placement
+group, one bundle per server. An SGLang bundle holds ``tp_size`` GPUs, so a tensor-parallel group stays on
+one node and Ray hands the actor (and through ``CUDA_VISIBLE_DEVICES`` the server) exactly those GPUs.
+The actor writes the server's log, and the server dies with the actor (parent-death signal), so a crashed
+driver does not leave servers holding GPUs.
+
+Both kinds share one lifecycle, :class:`RolloutServers`: launch, wait for ``/health`` with a deadline,
+detect a server whose process exited, restart it on its old port (bounded), stop everything. The only
+difference between the kinds is the command line (:func:`build_sglang_args`, :func:`build_cpu_engine_args`)
+and the resources of a bundle.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SERVER_KINDS = ("sglang", "cpu")
+# actor_rollout_ref.rollout.name -> server kind
+ROLLOUT_NAME_TO_KIND = {"sglang": "sglang", "cpu_engine": "cpu"}
+CPU_ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+INITIAL_WEIGHT_VERSION = 0
+
+# Flags the launcher sets from the spec; extra_args must not set them again.
+_MANAGED_FLAGS = {
+    "--model-path": "model_path",
+    "--model": "model_path",
+    "--host": "host",
+    "--port": "(chosen by the launcher)",
+    "--tp-size": "tp_size",
+    "--tp": "tp_size",
+    "--tensor-parallel-size": "tp_size",
+    "--mem-fraction-static": "gpu_memory_utilization",
+    "--dtype": "dtype",
+    "--context-length": "context_length",
+    "--weight-version": "(versions start at 0 and are set by the weight sync)",
+    "--num-threads": "num_threads",
+    "--trust-remote-code": "trust_remote_code",
+}
+
+
+class RolloutServerError(RuntimeError):
+    """A rollout server failed to start, died too often, or resources for it could not be reserved."""
+
+
+@dataclass
+class RolloutServerSpec:
+    """What to launch: ``num_servers`` servers of one ``kind``, each on ``tp_size`` GPUs (SGLang) or CPU."""
+
+    kind: str
+    model_path: str
+    num_servers: int = 1
+    tp_size: int = 1
+    gpu_memory_utilization: float = 0.8
+    dtype: str = "auto"
+    context_length: int | None = None
+    trust_remote_code: bool = False
+    num_threads: int | None = None
+    num_cpus_per_server: float = 1.0
+    host: str = "127.0.0.1"
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    startup_timeout_s: float = 600.0
+    max_restarts: int = 3
+    log_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        self.extra_args = [str(a) for a in self.extra_args]
+        self.env = {str(k): str(v) for k, v in self.env.items()}
+        if self.kind not in SERVER_KINDS:
+            raise ValueError(f"kind={self.kind!r} must be one of {SERVER_KINDS}")
+        if not self.model_path:
+            raise ValueError("model_path is required: a Hugging Face checkpoint directory or hub id")
+        for name in ("num_servers", "tp_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an integer >= 1")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
+        if self.num_cpus_per_server <= 0:
+            raise ValueError(
+                f"num_cpus_per_server={self.num_cpus_per_server} must be > 0 (Ray CPUs reserved per server; "
+                "fractions such as 0.5 are fine)"
+            )
+        if self.max_restarts < 0 or self.startup_timeout_s <= 0:
+            raise ValueError("max_restarts must be >= 0 and startup_timeout_s > 0")
+        if self.kind == "cpu":
+            if self.tp_size != 1:
+                raise ValueError(f"tp_size={self.tp_size}: the CPU engine has no tensor parallelism; use 1")
+            if self.dtype not in CPU_ENGINE_DTYPES:
+                raise ValueError(f"dtype={self.dtype!r}: the CPU engine takes one of {CPU_ENGINE_DTYPES}")
+            if self.trust_remote_code:
+                raise ValueError("trust_remote_code: the CPU engine loads standard transformers models only")
+        for arg in self.extra_args:
+            flag = arg.split("=", 1)[0]
+            if flag in _MANAGED_FLAGS:
+                raise ValueError(
+                    f"extra_args sets {flag}, which the launcher manages; set {_MANAGED_FLAGS[flag]} instead"
+                )
+
+    @property
+    def bundle(self) -> dict[str, float]:
+        """Ray resources reserved for one server."""
+        gpus = {"GPU": float(self.tp_size)} if self.kind == "sglang" else {}
+        return {"CPU": float(self.num_cpus_per_server), **gpus}
+
+
+def build_sglang_args(spec: RolloutServerSpec, port: int) -> list[str]:
+    """``python -m sglang.launch_server`` for one server of ``spec`` (flag names of SGLang 0.5.6).
+
+    Weight updates need nothing extra (``/update_weights_from_distributed`` is always served);
+    ``--enable-memory-saver`` stays off because rollout servers keep their GPUs for the whole run.
+    """
+    args = [sys.executable, "-m", "sglang.launch_server"]
+    args += ["--model-path", spec.model_path, "--host", spec.host, "--port", str(port)]
+    args += ["--tp-size", str(spec.tp_size), "--mem-fraction-static", str(spec.gpu_memory_utilization)]
+    args += ["--dtype", spec.dtype, "--weight-version", str(INITIAL_WEIGHT_VERSION), "--skip-server-warmup"]
+    if spec.context_length:
+        args += ["--context-length", str(spec.context_length)]
+    if spec.trust_remote_code:
+        args.append("--trust-remote-code")
+    return args + spec.extra_args
+
+
+def build_cpu_engine_args(spec: RolloutServerSpec, port: int) -> list[str]:
+    """``python -m rllm_fully_async.cpu_engine`` for one server of ``spec``."""
+    args = [sys.executable, "-m", "rllm_fully_async.cpu_engine"]
+    args += ["--model-path", spec.model_path, "--host", spec.host, "--port", str(port)]
+    args += ["--dtype", spec.dtype, "--weight-version", str(INITIAL_WEIGHT_VERSION)]
+    if spec.num_threads:
+        args += ["--num-threads", str(spec.num_threads)]
+    if spec.context_length:
+        args += ["--context-length", str(spec.context_length)]
+    return args + spec.extra_args
+
+
+def build_server_args(spec: RolloutServerSpec, port: int) -> list[str]:
+    return build_sglang_args(spec, port) if spec.kind == "sglang" else build_cpu_engine_args(spec, port)
+
+
+def is_healthy(url: str, timeout_s: float = 5.0) -> bool:
+    """``GET /health`` answers 200 (SGLang: the server generated a token or is busy generating)."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
+            return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class ServerHost:
+    """Owns one server process on the node (and GPUs) Ray placed this actor on."""
+
+    def __init__(self, spec: RolloutServerSpec, index: int) -> None:
+        self._spec = spec
+        self._index = index
+        self._proc: subprocess.Popen | None = None
+        log_dir = Path(spec.log_dir or tempfile.mkdtemp(prefix="rollout_servers_"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._log_path = log_dir / f"{spec.kind}_server_{index}.log"
+
+    def launch(self, port: int | None = None) -> str:
+        """Start the server on ``port`` (None: a free one) and return its URL without waiting for health."""
+        self.stop()
+        port = port or _free_port(self._spec.host)
+        with open(self._log_path, "ab") as log:
+            log.write(f"\n=== launching on port {port} ===\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                build_server_args(self._spec, port),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self._spec.env},
+                start_new_session=True,  # its own process group: stop() reaches SGLang's children too
+                preexec_fn=_die_with_parent,
+            )
+        address = self._spec.host
+        if address in ("0.0.0.0", "::"):
+            import ray
+
+            address = ray.util.get_node_ip_address()
+        return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
+
+    def exit_code(self) -> int | None:
+        """None while the server process runs."""
+        return None if self._proc is None else self._proc.poll()
+
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def log_tail(self, max_chars: int = 4000) -> str:
+        if not self._log_path.exists():
+            return ""
+        return self._log_path.read_text(errors="replace")[-max_chars:]
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the server's process group, SIGKILL it after ``grace_s``."""
+        if self._proc is None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+            if self._proc.poll() is not None:
+                break
+            try:
+                os.killpg(self._proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self._proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                continue
+        self._proc = None
+
+
+class RolloutServers:
+    """The rollout servers of one run, each hosted by a :class:`ServerHost` Ray actor in one placement group.
+
+    Needs ``ray.init()`` first. ``start`` blocks until every server answers ``/health``. ``check`` lists
+    servers whose process exited (or whose actor died); ``restart_dead`` brings them back on their old URLs,
+    at most ``max_restarts`` times per server. ``stop`` (or leaving the ``with`` block) ends everything.
+    """
+
+    def __init__(self, spec: RolloutServerSpec) -> None:
+        self.spec = spec
+        self._urls: list[str] = []
+        self._hosts: list[Any] = []
+        self._restarts = [0] * spec.num_servers
+        self._placement_group: Any = None
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self._urls)
+
+    def start(self, timeout_s: float | None = None) -> list[str]:
+        """Reserve resources, launch every server, wait until all are healthy; returns their URLs."""
+        import ray
+
+        if not ray.is_initialized():
+            raise RolloutServerError("RolloutServers.start() needs Ray: call ray.init() first")
+        if self._hosts:
+            raise RolloutServerError("rollout servers already started")
+        timeout_s = timeout_s or self.spec.startup_timeout_s
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._placement_group = self._reserve(deadline)
+            self._hosts = [self._new_host(i) for i in range(self.spec.num_servers)]
+            self._urls = ray.get([h.launch.remote() for h in self._hosts], timeout=_remaining(deadline))
+            self._wait_healthy(range(self.spec.num_servers), deadline, timeout_s, fresh_port=True)
+        except BaseException:
+            self.stop()
+            raise
+        return self.urls
+
+    def pids(self) -> list[int | None]:
+        """Process id of each server (on its node), None where the host actor is gone."""
+        import ray
+
+        pids: list[int | None] = []
+        for host in self._hosts:
+            try:
+                pids.append(ray.get(host.pid.remote(), timeout=30))
+            except ray.exceptions.RayActorError:
+                pids.append(None)
+        return pids
+
+    def check(self) -> list[str]:
+        """URLs of servers whose process exited or whose host actor died."""
+        return [self._urls[i] for i in range(len(self._hosts)) if self._death(i) is not None]
+
+    def restart_dead(self, timeout_s: float | None = None) -> list[str]:
+        """Restart every dead server on its old URL and wait for its health; returns the restarted URLs.
+
+        Raises :class:`RolloutServerError` when a server has used up ``max_restarts``.
+        """
+        timeout_s = timeout_s or self.spec.startup_timeout_s
+        deadline = time.monotonic() + timeout_s
+        dead = {i: reason for i in range(len(self._hosts)) if (reason := self._death(i)) is not None}
+        for i, reason in dead.items():
+            self._relaunch(i, reason, same_port=True, deadline=deadline)
+        self._wait_healthy(dead, deadline, timeout_s, fresh_port=False)
+        return [self._urls[i] for i in dead]
+
+    def stop(self) -> None:
+        """Stop every server, end the host actors, release the placement group. Safe to call twice."""
+        import ray
+
+        stops = []
+        for host in self._hosts:
+            try:
+                stops.append(host.stop.remote())
+            except Exception:  # the actor is already gone
+                pass
+        if stops:
+            ray.wait(stops, num_returns=len(stops), timeout=30)
+        for host in self._hosts:
+            ray.kill(host)
+        self._hosts = []
+        if self._placement_group is not None:
+            ray.util.remove_placement_group(self._placement_group)
+            self._placement_group = None
+
+    def log_tail(self, index: int, max_chars: int = 4000) -> str:
+        """The end of server ``index``'s log (stdout and stderr)."""
+        import ray
+
+        try:
+            return ray.get(self._hosts[index].log_tail.remote(max_chars), timeout=30)
+        except Exception as e:  # the actor (and with it the log's node) may be gone
+            return f"<log unavailable: {e}>"
+
+    def __enter__(self) -> RolloutServers:
+        if not self._hosts:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ internals
+
+    def _reserve(self, deadline: float) -> Any:
+        import ray
+        from ray.util.placement_group import placement_group
+
+        bundles = [self.spec.bundle for _ in range(self.spec.num_servers)]
+        group = placement_group(bundles, strategy="PACK")
+        try:
+            ray.get(group.ready(), timeout=min(_remaining(deadline), 120.0))
+        except ray.exceptions.GetTimeoutError:
+            ray.util.remove_placement_group(group)
+            raise RolloutServerError(
+                f"could not reserve {self.spec.num_servers} x {self.spec.bundle} for rollout servers; "
+                f"the Ray cluster has {ray.available_resources()} free. Lower num_servers / "
+                "num_cpus_per_server or add resources"
+            ) from None
+        return group
+
+    def _new_host(self, index: int) -> Any:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return (
+            ray.remote(ServerHost)
+            .options(
+                num_cpus=self.spec.num_cpus_per_server,
+                num_gpus=self.spec.tp_size if self.spec.kind == "sglang" else 0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self._placement_group, placement_group_bundle_index=index
+                ),
+            )
+            .remote(self.spec, index)
+        )
+
+    def _death(self, index: int) -> str | None:
+        """Why server ``index`` is dead, or None while its process runs."""
+        import ray
+
+        try:
+            code = ray.get(self._hosts[index].exit_code.remote(), timeout=30)
+        except ray.exceptions.RayActorError as e:
+            return f"its host actor died ({type(e).__name__})"
+        return None if code is None else f"exited with code {code}"
+
+    def _relaunch(self, index: int, reason: str, *, same_port: bool, deadline: float) -> None:
+        import ray
+
+        self._restarts[index] += 1
+        if self._restarts[index] > self.spec.max_restarts:
+            raise RolloutServerError(
+                f"rollout server {index} ({self._urls[index]}) {reason} and has used all "
+                f"max_restarts={self.spec.max_restarts}; log tail:\n{self.log_tail(index)}"
+            )
+        port = int(self._urls[index].rsplit(":", 1)[1]) if same_port else None
+        try:
+            url = ray.get(self._hosts[index].launch.remote(port), timeout=_remaining(deadline))
+        except ray.exceptions.RayActorError:
+            self._hosts[index] = self._new_host(index)
+            url = ray.get(self._hosts[index].launch.remote(port), timeout=_remaining(deadline))
+        self._urls[index] = url
+
+    def _wait_healthy(self, indices: Any, deadline: float, timeout_s: float, *, fresh_port: bool) -> None:
+        """Poll ``/health`` until every server in ``indices`` answers; relaunch one whose process exits."""
+        pending = set(indices)
+        while pending:
+            for i in sorted(pending):
+                reason = self._death(i)
+                if reason is not None:
+                    self._relaunch(i, f"{reason} while starting", same_port=not fresh_port, deadline=deadline)
+                elif is_healthy(self._urls[i]):
+                    pending.discard(i)
+            if pending and time.monotonic() > deadline:
+                tails = "\n".join(
+                    f"--- server {i} ({self._urls[i]}):\n{self.log_tail(i)}" for i in sorted(pending)
+                )
+                raise RolloutServerError(
+                    f"rollout servers {sorted(pending)} not healthy within {timeout_s:.0f} s "
+                    f"(startup_timeout_s); log tails:\n{tails}"
+                )
+            if pending:
+                time.sleep(0.5)
+
+
+class ExternalRolloutServers:
+    """Servers started outside the run (``rollout_servers.urls``): waited for, never started or stopped."""
+
+    def __init__(self, urls: list[str], startup_timeout_s: float = 600.0) -> None:
+        self._urls = [u.rstrip("/") for u in urls]
+        self._timeout_s = startup_timeout_s
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self._urls)
+
+    def start(self, timeout_s: float | None = None) -> list[str]:
+        timeout_s = timeout_s or self._timeout_s
+        deadline = time.monotonic() + timeout_s
+        while (down := [u for u in self._urls if not is_healthy(u)]) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        if down:
+            raise RolloutServerError(
+                f"rollout servers {down} did not answer /health within {timeout_s:.0f} s"
+            )
+        return self.urls
+
+    def check(self) -> list[str]:
+        return [u for u in self._urls if not is_healthy(u)]
+
+    def restart_dead(self, timeout_s: float | None = None) -> list[str]:
+        dead = self.check()
+        if dead:
+            raise RolloutServerError(f"rollout servers {dead} are down and were started outside this run")
+        return []
+
+    def stop(self) -> None:
+        pass
+
+    def __enter__(self) -> ExternalRolloutServers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def spec_from_config(cfg: Any) -> RolloutServerSpec:
+    """The spec a run's config asks for.
+
+    Reads ``actor_rollout_ref.model.{path, trust_remote_code}``, ``actor_rollout_ref.rollout.{name
+    (sglang | cpu_engine), tensor_model_parallel_size, gpu_memory_utilization, dtype, max_model_len}`` and
+    ``rollout_servers.{num_servers, startup_timeout_s, extra_args, num_threads}``, plus, when present,
+    ``rollout_servers.{num_cpus_per_server, max_restarts, log_dir, host, env}``.
+    """
+    rollout, servers = cfg.actor_rollout_ref.rollout, cfg.rollout_servers
+    if rollout.name not in ROLLOUT_NAME_TO_KIND:
+        raise ValueError(
+            f"actor_rollout_ref.rollout.name={rollout.name!r} must be one of {tuple(ROLLOUT_NAME_TO_KIND)}"
+        )
+    kind = ROLLOUT_NAME_TO_KIND[rollout.name]
+    optional = {
+        key: servers.get(key)
+        for key in ("num_cpus_per_server", "max_restarts", "log_dir", "host", "env")
+        if servers.get(key) is not None
+    }
+    if isinstance(optional.get("env"), Mapping):
+        optional["env"] = dict(optional["env"])
+    return RolloutServerSpec(
+        kind=kind,
+        model_path=str(cfg.actor_rollout_ref.model.path),
+        num_servers=int(servers.num_servers),
+        tp_size=int(rollout.get("tensor_model_parallel_size") or 1) if kind == "sglang" else 1,
+        gpu_memory_utilization=float(rollout.get("gpu_memory_utilization") or 0.8),
+        dtype=str(rollout.get("dtype") or "auto") if kind == "sglang" else "auto",
+        context_length=rollout.get("max_model_len"),
+        trust_remote_code=bool(cfg.actor_rollout_ref.model.get("trust_remote_code", False)),
+        num_threads=servers.get("num_threads"),
+        extra_args=list(servers.get("extra_args") or []),
+        startup_timeout_s=float(servers.get("startup_timeout_s") or 600.0),
+        **optional,
+    )
+
+
+def start_rollout_servers(cfg: Any) -> RolloutServers | ExternalRolloutServers:
+    """Start (or, with ``rollout_servers.urls``, wait for) the servers a run's config asks for.
+
+    See :func:`spec_from_config` for the keys read. Returns once every server is healthy.
+    """
+    urls = cfg.rollout_servers.get("urls")
+    if urls:
+        servers: RolloutServers | ExternalRolloutServers = ExternalRolloutServers(
+            [str(u) for u in urls], float(cfg.rollout_servers.get("startup_timeout_s") or 600.0)
+        )
+    else:
+        servers = RolloutServers(spec_from_config(cfg))
+    servers.start()
+    return servers
+
+
+def _remaining(deadline: float) -> float:
+    return max(1.0, deadline - time.monotonic())

@@ -1,0 +1,484 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""Training workers: verl's legacy actor/ref workers plus pushing weights into the rollout servers.
+
+Rollout never runs inside these workers; it runs on separate inference servers. So each worker is
+verl 0.7.1's ``ActorRolloutRefWorker`` (FSDP or Megatron) started with rollout switched off, plus
+four registered methods that :class:`rllm_fully_async.param_sync.ParamSync` drives:
+
+* ``get_weight_metadata`` - ``(name, dtype, shape)`` of every tensor in Hugging Face naming, the
+  order in which the tensors will be broadcast;
+* ``init_weight_update_group`` / ``destroy_weight_update_group`` - worker rank 0 joins the servers'
+  weight-update group as group rank 0 (``rllm_fully_async.weight_update_group``);
+* ``broadcast_weights`` - every rank takes part in gathering full tensors, a bucket at a time so that
+  memory stays bounded, and rank 0 broadcasts each one in metadata order.
+
+On a CPU-only machine (CI, the demo) the FSDP worker needs four narrow workarounds, each applied
+only when verl finds no accelerator; see :func:`apply_cpu_overrides`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import importlib.util
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+import ray
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, open_dict
+from verl.single_controller.base.decorator import Dispatch, register
+from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+from verl.utils.device import get_device_id, get_device_name
+from verl.workers import fsdp_workers
+
+from rllm_fully_async.param_sync import split_into_buckets
+from rllm_fully_async.weight_update_group import (
+    broadcast_tensor,
+    destroy_weight_update_group,
+    init_weight_update_group,
+)
+
+# Our role names -> the verl role the worker is built with. Rollout is never built here (the rollout
+# servers do that), but "actor" is built as verl's "actor_rollout" so that verl normalises
+# ``rollout.log_prob_micro_batch_size``, which its ``compute_log_prob`` reads for the actor.
+VERL_ROLES = {"actor": "actor_rollout", "ref": "ref", "actor_ref": "actor_rollout_ref"}
+
+FSDP_STRATEGIES = ("fsdp", "fsdp2")
+MEGATRON_STRATEGY = "megatron"
+
+WeightMetadata = list[tuple[str, str, list[int]]]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the dtype spelling SGLang's weight-update requests use."""
+    return str(dtype).removeprefix("torch.")
+
+
+def _verl_role(role: str) -> str:
+    if role not in VERL_ROLES:
+        raise ValueError(f"role={role!r} is not a training-worker role; choose one of {sorted(VERL_ROLES)}")
+    return VERL_ROLES[role]
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU-only workarounds
+# ----------------------------------------------------------------------------------------------
+
+
+def _cpu_device_module_additions() -> dict:
+    """Stand-ins for the ``torch.cuda`` functions that verl calls through ``get_torch_device()``.
+
+    ``verl.utils.device.get_torch_device()`` returns ``torch.cpu`` without an accelerator, which
+    lacks them: ``fsdp_workers.update_actor`` (``max_memory_allocated`` / ``max_memory_reserved``),
+    ``verl.utils.memory_utils.aggressive_empty_cache`` (``memory_reserved``, ``memory_allocated``,
+    ``empty_cache``), ``verl.utils.fsdp_utils`` (``empty_cache``), ``memory_utils``
+    (``reset_peak_memory_stats``, ``mem_get_info``) and ``checkpoint_manager.BaseCheckpointManager``
+    (``get_rng_state`` / ``set_rng_state``). CPU has no device allocator, so memory reads are 0.
+    """
+    return {
+        "memory_allocated": lambda device=None: 0,
+        "memory_reserved": lambda device=None: 0,
+        "max_memory_allocated": lambda device=None: 0,
+        "max_memory_reserved": lambda device=None: 0,
+        "reset_peak_memory_stats": lambda device=None: None,
+        "empty_cache": lambda: None,
+        "mem_get_info": lambda device=None: (
+            psutil.virtual_memory().available,
+            psutil.virtual_memory().total,
+        ),
+        "get_rng_state": lambda device="cpu": torch.get_rng_state(),
+        "set_rng_state": lambda new_state, device="cpu": torch.set_rng_state(new_state),
+        "manual_seed": torch.manual_seed,
+    }
+
+
+def apply_cpu_overrides(config: DictConfig) -> None:
+    """Let verl 0.7.1's FSDP worker run without an accelerator. Call only on CPU, before its ``__init__``.
+
+    ``config`` is the worker's ``actor_rollout_ref`` config. Each override is the narrowest fix for
+    one verl line that assumes a GPU:
+
+    1. ``fsdp_workers.ActorRolloutRefWorker.__init__`` calls ``init_process_group(backend=
+       f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}")``, which is ``"cpu:gloo,cpu:nccl"`` on
+       CPU and invalid; it only does so when no default group exists, so create a gloo one first.
+    2. ``_build_model_optimizer`` defaults ``attn_implementation`` to ``"flash_attention_2"``, which
+       needs flash-attn (CUDA only); default it to ``"sdpa"`` unless the config names one.
+    3. ``_build_model_optimizer`` wraps FSDP1 with ``sync_module_states=True``, which torch rejects for
+       CPU parameters; FSDP2 (``fully_shard``) works on a CPU mesh, so refuse FSDP1 here.
+    4. ``get_torch_device()`` is ``torch.cpu``, which lacks the memory and RNG helpers verl calls;
+       add CPU stand-ins for the missing ones (:func:`_cpu_device_module_additions`).
+    """
+    strategy = config.actor.strategy
+    if strategy == "fsdp":
+        raise ValueError(
+            "actor_rollout_ref.actor.strategy=fsdp (FSDP1) cannot run on CPU: verl wraps it with "
+            "sync_module_states=True, which torch only supports on GPU. "
+            "Use actor_rollout_ref.actor.strategy=fsdp2."
+        )
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="gloo",
+            rank=int(os.environ.get("RANK", 0)),
+            world_size=int(os.environ.get("WORLD_SIZE", 1)),
+            timeout=datetime.timedelta(seconds=config.get("nccl_timeout", 600)),
+            init_method=os.environ.get("DIST_INIT_METHOD", None),
+        )
+    with open_dict(config.model):
+        if config.model.get("override_config") is None:
+            config.model.override_config = {}
+        if "attn_implementation" not in config.model.override_config:
+            config.model.override_config.attn_implementation = "sdpa"
+    for name, fn in _cpu_device_module_additions().items():
+        if not hasattr(torch.cpu, name):
+            setattr(torch.cpu, name, fn)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight push, shared by the FSDP and Megatron workers
+# ----------------------------------------------------------------------------------------------
+
+
+class WeightSyncMixin:
+    """Registered methods that push the actor's weights into the rollout servers' update group.
+
+    A subclass provides ``_full_weights()``: a generator, run on every rank at once (it may use
+    collectives), that yields ``(hf_name, full_tensor)`` in a fixed order; and ``_weights_ready()``,
+    a context in which the weights are on the device (undoing parameter offload).
+    """
+
+    def _init_weight_sync(self) -> None:
+        # Names are tracked on every rank so that all ranks agree whether a broadcast may start
+        # (otherwise a rank-0-only failure would leave the others inside a gather collective).
+        self._weight_group_names: set[str] = set()
+        self._weight_groups: dict[str, dist.ProcessGroup] = {}
+
+    def _full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def _weight_shapes(self) -> Iterator[tuple[str, torch.dtype, torch.Size]]:
+        raise NotImplementedError
+
+    @contextmanager
+    def _weights_ready(self):
+        yield
+
+    def _require_actor(self, what: str) -> None:
+        if not self._is_actor:
+            raise RuntimeError(f"{what} needs the actor's weights, but this worker has role={self.role!r}")
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
+    def get_weight_metadata(self, dtype: str | None = None) -> WeightMetadata:
+        """``[(hf_name, dtype, shape), ...]`` in broadcast order; ``dtype`` overrides the parameters' dtype.
+
+        Every rank returns the same list.
+        """
+        self._require_actor("get_weight_metadata")
+        return [
+            (name, dtype or dtype_name(tensor_dtype), list(shape))
+            for name, tensor_dtype, shape in self._weight_shapes()
+        ]
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
+    def find_free_port(self, host: str) -> int | None:
+        """A free TCP port on rank 0's node for the weight-update rendezvous (other ranks: ``None``)."""
+        if self.rank != 0:
+            return None
+        import socket
+
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.bind((host, 0))
+            return sock.getsockname()[1]
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
+    def init_weight_update_group(
+        self,
+        master_address: str,
+        master_port: int,
+        world_size: int,
+        group_name: str,
+        backend: str = "gloo",
+        timeout_s: float = 300.0,
+    ) -> None:
+        """Rank 0 hosts the group as its rank 0 and blocks until the servers have joined.
+
+        Not blocking for the caller: the servers must be asked to join while this waits.
+        """
+        self._require_actor("init_weight_update_group")
+        if group_name in self._weight_group_names:
+            raise ValueError(f"weight-update group {group_name!r} already exists; destroy it first")
+        if self.rank == 0:
+            self._weight_groups[group_name] = init_weight_update_group(
+                master_address, master_port, 0, world_size, group_name, backend=backend, timeout_s=timeout_s
+            )
+        self._weight_group_names.add(group_name)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
+    def destroy_weight_update_group(self, group_name: str) -> None:
+        """Leave the group (a no-op for a group this worker does not know)."""
+        group = self._weight_groups.pop(group_name, None)
+        if group is not None:
+            destroy_weight_update_group(group)
+        self._weight_group_names.discard(group_name)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
+    def broadcast_weights(self, group_name: str, bucket_size_mb: float, dtype: str | None = None) -> dict:
+        """Gather full tensors a bucket at a time; rank 0 broadcasts each one, in metadata order.
+
+        Not blocking for the caller, who must meanwhile have the servers receive. Returns
+        ``{"bytes": bytes broadcast (0 on ranks > 0), "seconds": wall time on this rank}``.
+        """
+        self._require_actor("broadcast_weights")
+        if group_name not in self._weight_group_names:
+            raise RuntimeError(f"no weight-update group {group_name!r}; call init_weight_update_group first")
+        start = time.perf_counter()
+        group = self._weight_groups.get(group_name)
+        target_dtype = getattr(torch, dtype) if dtype else None
+        sent = 0
+        with torch.no_grad(), self._weights_ready():
+            buckets = split_into_buckets(
+                self._full_weights(),
+                nbytes=lambda item: item[1].numel() * (target_dtype or item[1].dtype).itemsize,
+                bucket_bytes=int(bucket_size_mb * 1024 * 1024),
+            )
+            for bucket in buckets:
+                if group is not None:
+                    for _name, tensor in bucket:
+                        tensor = tensor.to(dtype=target_dtype or tensor.dtype).contiguous()
+                        broadcast_tensor(group, tensor, src=0)
+                        sent += tensor.numel() * tensor.element_size()
+                del bucket
+        return {"bytes": sent, "seconds": time.perf_counter() - start}
+
+
+# ----------------------------------------------------------------------------------------------
+# FSDP
+# ----------------------------------------------------------------------------------------------
+
+
+class FSDPActorRefWorker(WeightSyncMixin, fsdp_workers.ActorRolloutRefWorker):
+    """verl's FSDP actor/ref worker (roles ``actor``, ``ref``, ``actor_ref``) with weight push.
+
+    The actor update is verl's own ``update_actor`` -> ``DataParallelPPOActor.update_policy``.
+    """
+
+    def __init__(self, config: DictConfig, role: str = "actor", **kwargs):
+        verl_role = _verl_role(role)
+        if get_device_name() == "cpu":
+            apply_cpu_overrides(config)
+        super().__init__(config, verl_role, **kwargs)
+        self.role = role
+        self._is_rollout = False
+        self._init_weight_sync()
+
+    def _sharded_state_dict(self) -> dict[str, torch.Tensor]:
+        """The actor's state dict in Hugging Face naming; DTensor shards, nothing gathered yet.
+
+        FSDP2 returns DTensors by default; FSDP1 (built with a device mesh) does so under
+        ``SHARDED_STATE_DICT``, the same state verl's own rollout sync reads.
+        """
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import ShardedStateDictConfig, StateDictType
+        from verl.utils.fsdp_utils import fsdp_version
+        from verl.utils.model import convert_weight_keys
+
+        if self._is_lora:
+            raise NotImplementedError(
+                "weight sync of LoRA adapters is not supported; unset actor_rollout_ref.model.lora_rank"
+            )
+        module = self.actor_module_fsdp
+        if fsdp_version(module) == 1:
+            with FSDP.state_dict_type(module, StateDictType.SHARDED_STATE_DICT, ShardedStateDictConfig()):
+                state = module.state_dict()
+        else:
+            state = module.state_dict()
+        return convert_weight_keys(state, getattr(module, "_fsdp_wrapped_module", module))
+
+    def _weight_shapes(self):
+        for name, tensor in self._sharded_state_dict().items():
+            yield name, tensor.dtype, tensor.shape
+
+    def _full_weights(self):
+        from torch.distributed.tensor import DTensor
+
+        device = get_device_id()
+        for name, tensor in self._sharded_state_dict().items():
+            if isinstance(tensor, DTensor):
+                # An all-gather over the FSDP mesh: every rank takes part, in the same order.
+                tensor = tensor.to(device).full_tensor()
+            yield name, tensor
+
+    @contextmanager
+    def _weights_ready(self):
+        from verl.utils.fsdp_utils import load_fsdp_model_to_gpu, offload_fsdp_model_to_cpu
+
+        if self._is_offload_param:
+            load_fsdp_model_to_gpu(self.actor_module_fsdp)
+        try:
+            yield
+        finally:
+            if self._is_offload_param:
+                offload_fsdp_model_to_cpu(self.actor_module_fsdp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Megatron
+# ----------------------------------------------------------------------------------------------
+
+
+class MegatronUnavailableError(RuntimeError):
+    """``actor_rollout_ref.actor.strategy=megatron`` was asked for where Megatron cannot run."""
+
+
+def _megatron_unavailable(missing: str) -> MegatronUnavailableError:
+    return MegatronUnavailableError(
+        f"actor_rollout_ref.actor.strategy={MEGATRON_STRATEGY} needs megatron-core and a CUDA GPU, but "
+        f"{missing}. Install the Megatron GPU profile (install/ directory) on a GPU machine, or use "
+        "actor_rollout_ref.actor.strategy=fsdp2."
+    )
+
+
+def _check_megatron_importable() -> None:
+    if importlib.util.find_spec("megatron") is None or importlib.util.find_spec("megatron.core") is None:
+        raise _megatron_unavailable("megatron-core is not installed (import megatron.core fails)")
+
+
+@functools.cache
+def megatron_worker_class() -> type:
+    """verl's Megatron actor/ref worker with weight push; built on first use.
+
+    verl's ``megatron_workers`` imports megatron-core at module level, so the class is only built
+    when that strategy is asked for; it raises :class:`MegatronUnavailableError` without megatron-core.
+    """
+    _check_megatron_importable()
+    from verl.workers import megatron_workers
+
+    class MegatronActorRefWorker(WeightSyncMixin, megatron_workers.ActorRolloutRefWorker):
+        """verl's Megatron actor/ref worker (roles ``actor``, ``ref``, ``actor_ref``) with weight push.
+
+        Full tensors come from verl's own export, as in its ``rollout_mode``: mbridge's
+        ``export_weights`` / ``export_hf_weights``, else ``per_tensor_generator`` (pipeline broadcast
+        and tensor-parallel gather per tensor, Hugging Face names). Every rank iterates it.
+        """
+
+        def __init__(self, config: DictConfig, role: str = "actor", **kwargs):
+            if not torch.cuda.is_available():
+                # Megatron's forward calls torch.cuda.current_device(): it cannot train on CPU.
+                raise _megatron_unavailable("torch.cuda.is_available() is False on this worker")
+            super().__init__(config, _verl_role(role), **kwargs)
+            self.role = role
+            self._is_rollout = False
+            self._init_weight_sync()
+            self._weight_shape_cache = None
+
+        def _full_weights(self):
+            if getattr(self, "peft_cls", None) is not None:
+                raise NotImplementedError(
+                    "weight sync of LoRA adapters is not supported; unset actor_rollout_ref.model.lora"
+                )
+            from verl.utils.megatron_utils import per_tensor_generator
+
+            if self.bridge is not None:
+                if self.vanilla_bridge:
+                    return self.bridge.export_weights(self.actor.actor_module)
+                return self.bridge.export_hf_weights(self.actor.actor_module)
+            return per_tensor_generator(
+                self.actor.actor_module,
+                self.actor_model_config,
+                self.weight_converter,
+                self.tf_config,
+                self.layer_name_mapping,
+            )
+
+        def _weight_shapes(self):
+            # The export is the only source of Hugging Face names and shapes; it is collective and
+            # gathers every tensor, so it runs once and is cached (shapes never change).
+            if self._weight_shape_cache is None:
+                with torch.no_grad(), self._weights_ready():
+                    self._weight_shape_cache = [(n, t.dtype, t.shape) for n, t in self._full_weights()]
+            return iter(self._weight_shape_cache)
+
+        @contextmanager
+        def _weights_ready(self):
+            from verl.utils.megatron_utils import load_megatron_model_to_gpu, offload_megatron_model_to_cpu
+
+            if self._is_offload_param:
+                load_megatron_model_to_gpu(self.actor.actor_module, load_grad=False)
+            try:
+                yield
+            finally:
+                if self._is_offload_param:
+                    offload_megatron_model_to_cpu(self.actor.actor_module)
+
+    return MegatronActorRefWorker
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker groups
+# ----------------------------------------------------------------------------------------------
+
+
+def worker_class(strategy: str) -> type:
+    """The worker class for ``actor_rollout_ref.actor.strategy``."""
+    if strategy in FSDP_STRATEGIES:
+        return FSDPActorRefWorker
+    if strategy == MEGATRON_STRATEGY:
+        return megatron_worker_class()
+    raise ValueError(
+        f"actor_rollout_ref.actor.strategy={strategy!r} is not supported; "
+        f"choose one of {[*FSDP_STRATEGIES, MEGATRON_STRATEGY]}"
+    )
+
+
+def create_actor_worker_group(
+    config: DictConfig, role: str = "actor", num_workers: int | None = None
+) -> RayWorkerGroup:
+    """Start ``num_workers`` training workers (default ``trainer.nnodes * trainer.n_gpus_per_node``).
+
+    ``trainer.device`` picks the device (``cpu``, or ``cuda`` / ``npu``). The resource pool is built
+    here rather than by verl's ``ResourcePoolManager``, which always asks for GPUs: one process per
+    bundle (``max_colocate_count=1``), a bundle being one CPU, plus one GPU where there are GPUs.
+    Call ``init_model()`` on the returned group to build the models.
+    """
+    _verl_role(role)
+    device = config.trainer.get("device", "cuda")
+    strategy = config.actor_rollout_ref.actor.strategy
+    if strategy == MEGATRON_STRATEGY and device == "cpu":
+        raise _megatron_unavailable("trainer.device=cpu")
+    cls = worker_class(strategy)
+
+    nnodes = int(config.trainer.get("nnodes", 1))
+    if num_workers is None:
+        num_workers = nnodes * int(config.trainer.n_gpus_per_node)
+    if num_workers < 1 or num_workers % nnodes:
+        raise ValueError(f"num_workers={num_workers} must be a positive multiple of trainer.nnodes={nnodes}")
+    use_gpu = device != "cpu"
+    needed = {
+        "CPU": num_workers,
+        **({"GPU" if device == "cuda" else device.upper(): num_workers} if use_gpu else {}),
+    }
+    available = ray.available_resources()
+    short = {k: (v, available.get(k, 0)) for k, v in needed.items() if available.get(k, 0) < v}
+    if short:
+        # RayResourcePool waits for its placement group without a timeout: fail here instead.
+        raise RuntimeError(
+            f"the Ray cluster cannot place {num_workers} {role} worker(s) on trainer.device={device}: "
+            + ", ".join(f"{k} needed {need}, available {have}" for k, (need, have) in short.items())
+            + ". Lower the worker count (trainer.n_gpus_per_node / trainer.nnodes) or add resources"
+            + (" (ray.init(num_cpus=...))." if not use_gpu else ".")
+        )
+    pool = RayResourcePool([num_workers // nnodes] * nnodes, use_gpu=use_gpu, max_colocate_count=1)
+    cls_with_init = RayClassWithInitArgs(cls=ray.remote(cls), config=config.actor_rollout_ref, role=role)
+    return RayWorkerGroup(resource_pool=pool, ray_cls_with_init=cls_with_init, device_name=device)
+
+
+def shutdown_worker_group(worker_group: RayWorkerGroup) -> None:
+    """Kill the workers and release their placement groups, so the resources can be used again."""
+    for worker in worker_group.workers:
+        ray.kill(worker)
+    for pg in worker_group.resource_pool.pgs or []:
+        ray.util.remove_placement_group(pg)

@@ -1,0 +1,29 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rllm_fully_async import toy
+
+
+@pytest.fixture(scope="session")
+def toy_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline tiny checkpoint, built once per test session."""
+    return toy.ensure_built(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A small local Ray cluster for the session (reused if the test process already started one)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

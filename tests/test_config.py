@@ -1,0 +1,149 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""The shipped configs compose on verl's defaults, and bad values fail fast naming the key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+import yaml
+from omegaconf import OmegaConf, open_dict
+
+from rllm_fully_async.config_validation import ConfigError, validate
+from rllm_fully_async.main import apply_mode, fill_toy_defaults, total_training_steps
+from rllm_fully_async.paths import config_dir
+
+
+def load(name: str, overrides: list[str] | None = None):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        return compose(config_name=name, overrides=overrides or [])
+
+
+@pytest.fixture(scope="module")
+def cpu_cfg(tmp_path_factory):
+    cfg = load("fully_async_ppo_cpu", [f"trainer.default_local_dir={tmp_path_factory.mktemp('run')}/ckpt"])
+    fill_toy_defaults(cfg)
+    return cfg
+
+
+def test_configs_compose_on_verl_defaults():
+    fsdp = load("fully_async_ppo_trainer", ["actor_rollout_ref.model.path=/x"])
+    megatron = load("fully_async_ppo_megatron_trainer", ["actor_rollout_ref.model.path=/x"])
+    cpu = load("fully_async_ppo_cpu")
+    # verl's own keys keep their meaning and defaults
+    assert fsdp.actor_rollout_ref.actor.clip_ratio == 0.2
+    assert fsdp.actor_rollout_ref.actor.strategy == "fsdp2"
+    assert megatron.actor_rollout_ref.actor.strategy == "megatron"
+    assert "megatron" in megatron.actor_rollout_ref.actor  # verl's megatron actor section is composed
+    assert cpu.actor_rollout_ref.rollout.name == "cpu_engine"
+    assert cpu.trainer.device == "cpu"
+    assert fsdp.async_training.required_samples == fsdp.actor_rollout_ref.actor.ppo_mini_batch_size
+
+
+def test_valid_cpu_config_passes(cpu_cfg):
+    validate(cpu_cfg, has_cuda=False)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("async_training.staleness_threshold=-0.1", "async_training.staleness_threshold"),
+        ("actor_rollout_ref.rollout.n=0", "actor_rollout_ref.rollout.n"),
+        ("async_training.max_queue_size=4", "async_training.max_queue_size"),
+        ("async_training.mode=fast", "async_training.mode"),
+        ("async_training.staleness_policy=ignore", "async_training.staleness_policy"),
+        ("async_training.trigger_parameter_sync_step=0", "async_training.trigger_parameter_sync_step"),
+        ("+async_training.staleness=1", "async_training.staleness"),
+        ("actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum", "actor_rollout_ref.actor.loss_agg_mode"),
+        ("algorithm.adv_estimator=gae", "algorithm.adv_estimator"),
+        ("actor_rollout_ref.actor.strategy=fsdp", "actor_rollout_ref.actor.strategy"),
+        ("actor_rollout_ref.rollout.name=sglang", "actor_rollout_ref.rollout.name"),
+        ("data.train_files=/nonexistent/train.parquet", "data.train_files"),
+        ("actor_rollout_ref.model.path=/nonexistent/model", "actor_rollout_ref.model.path"),
+    ],
+)
+def test_bad_values_name_the_key(cpu_cfg, override, key):
+    cfg = cpu_cfg.copy()
+    with open_dict(cfg):
+        dotted, value = override.lstrip("+").split("=", 1)
+        OmegaConf.update(cfg, dotted, yaml.safe_load(value), force_add=True)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg, has_cuda=False)
+
+
+def test_missing_model_path_is_named():
+    cfg = load("fully_async_ppo_trainer")
+    with pytest.raises(ConfigError, match=r"actor_rollout_ref\.model\.path: is required"):
+        validate(cfg, has_cuda=True)
+
+
+def test_megatron_needs_cuda_and_megatron_core(cpu_cfg):
+    cfg = load(
+        "fully_async_ppo_megatron_trainer",
+        [f"actor_rollout_ref.model.path={cpu_cfg.actor_rollout_ref.model.path}"],
+    )
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        validate(cfg, has_cuda=False)
+    try:
+        import megatron.core  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="needs megatron-core"):
+            validate(cfg, has_cuda=True)
+
+
+def test_sync_mode_is_lock_step(cpu_cfg):
+    cfg = cpu_cfg.copy()
+    with open_dict(cfg):
+        cfg.async_training.mode = "sync"
+        cfg.async_training.staleness_threshold = 0.5
+        cfg.async_training.trigger_parameter_sync_step = 4
+    apply_mode(cfg)
+    a = cfg.async_training
+    assert (a.staleness_threshold, a.trigger_parameter_sync_step, a.partial_rollout) == (0.0, 1, False)
+    assert a.max_queue_size == a.required_samples
+
+
+def test_total_steps_known_before_optimizer(cpu_cfg):
+    cfg = cpu_cfg.copy()
+    with open_dict(cfg):
+        cfg.trainer.total_epochs = 2
+        cfg.async_training.required_samples = 16
+    assert total_training_steps(cfg, prompts_per_epoch=100) == 13  # ceil(200 / 16)
+    with open_dict(cfg):
+        cfg.trainer.total_training_steps = 5
+    assert total_training_steps(cfg, prompts_per_epoch=100) == 5
+
+
+def test_cli_reports_unknown_key_and_missing_model(tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    unknown = subprocess.run(
+        [sys.executable, "-m", "rllm_fully_async.main", "async_training.stalness_threshold=0.1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert unknown.returncode != 0
+    assert "stalness_threshold" in unknown.stderr
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rllm_fully_async.main",
+            "--config-name",
+            "fully_async_ppo_trainer",
+            "actor_rollout_ref.rollout.name=cpu_engine",
+            "trainer.device=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert missing.returncode == 2, missing.stderr[-2000:]
+    assert "actor_rollout_ref.model.path: is required" in missing.stderr

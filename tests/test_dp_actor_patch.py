@@ -1,0 +1,284 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""The patched ``DataParallelPPOActor.update_policy`` on CPU, against a hand-computed whole-batch loss.
+
+Both the patched and the original ``dp_actor.py`` are built from the installed verl's file with the
+shipped patch and loaded as separate modules, so these tests hold whether or not the installed verl
+is patched. The actor runs the real verl code on the toy model: gloo world size 1, float32, padded
+inputs. A real optimizer's step pre-hook records the gradients each step would apply.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import socket
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from verl import DataProto
+from verl.trainer.ppo.core_algos import kl_penalty
+from verl.utils.model import compute_position_id_with_mask
+
+from rllm_fully_async import patches
+
+# verl enters torch.autocast with the float32 param dtype, which CPU autocast ignores with a warning.
+pytestmark = pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning")
+
+PAD_ID = 3
+ENTROPY_COEFF = 0.01
+KL_COEF = 0.1
+KL_TYPE = "k2"  # unclamped, so its gradient is never zero
+REF_LOG_PROB = -5.75  # about the untrained toy model's log-probs (vocabulary 320)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gloo_world():
+    """A one-rank gloo process group, which DataParallelPPOActor needs even on one CPU process."""
+    if dist.is_initialized():
+        yield
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def dp_actor(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModuleType]:
+    """{'patched': module, 'original': module}, both from copies of the installed verl's dp_actor.py."""
+    installed = (patches.default_target() / patches.TARGET_FILE).read_text(encoding="utf-8")
+    original = installed if patches.patch_state() == patches.ORIGINAL else patches.original_text(installed)
+    texts = {"original": original, "patched": patches.patched_text(original)}
+    folder = tmp_path_factory.mktemp("dp_actor")
+    modules = {}
+    for name, text in texts.items():
+        path = folder / f"dp_actor_{name}.py"
+        path.write_text(text, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location(f"rllm_test_dp_actor_{name}", path)
+        modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[name])
+    return modules
+
+
+@pytest.fixture(scope="module")
+def base_config():
+    """verl's own composed ``ppo_trainer`` config, set up for a CPU float32 actor."""
+    import verl
+    from hydra import compose, initialize_config_dir
+
+    config_dir = Path(verl.__file__).parent / "trainer" / "config"
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return compose(
+            "ppo_trainer",
+            overrides=[
+                "actor_rollout_ref.rollout.n=1",
+                "actor_rollout_ref.model.use_remove_padding=false",
+                "actor_rollout_ref.actor.strategy=fsdp2",
+                "actor_rollout_ref.actor.fsdp_config.dtype=float32",
+                "actor_rollout_ref.actor.use_torch_compile=false",
+                "actor_rollout_ref.actor.grad_clip=1e9",  # compare raw gradients, not clipped ones
+            ],
+        )
+
+
+@pytest.fixture
+def model(toy_model_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        toy_model_dir, torch_dtype=torch.float32, attn_implementation="sdpa"
+    )
+
+
+def make_actor(module: ModuleType, base_config, model, **actor_overrides):
+    """A DataParallelPPOActor with an SGD optimizer; returns (actor, gradients recorded at each step)."""
+    from omegaconf import OmegaConf
+    from verl.utils.config import omega_conf_to_dataclass
+
+    actor_cfg = OmegaConf.merge(base_config.actor_rollout_ref.actor, actor_overrides)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every call sees the same weights
+    steps: list[list[torch.Tensor]] = []
+    optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: steps.append([p.grad.detach().clone() for p in model.parameters()])
+    )
+    return module.DataParallelPPOActor(omega_conf_to_dataclass(actor_cfg), model, optimizer), steps
+
+
+def make_batch(prompt_lens, response_lens, empty_mask_rows=(), seed=0) -> DataProto:
+    """Left-padded prompts, right-padded responses, random advantages and behaviour log-probs."""
+    gen = torch.Generator().manual_seed(seed)
+    n, prompt_width, response_width = len(prompt_lens), max(prompt_lens), max(response_lens)
+    prompts = torch.full((n, prompt_width), PAD_ID)
+    responses = torch.full((n, response_width), PAD_ID)
+    prompt_mask = torch.zeros(n, prompt_width, dtype=torch.long)
+    response_mask = torch.zeros(n, response_width, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_lens, response_lens, strict=True)):
+        prompts[i, prompt_width - p :] = torch.randint(4, 300, (p,), generator=gen)
+        prompt_mask[i, prompt_width - p :] = 1
+        responses[i, :r] = torch.randint(4, 300, (r,), generator=gen)
+        response_mask[i, :r] = 1
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+    for i in empty_mask_rows:  # tokens the policy did not produce, e.g. tool output
+        response_mask[i] = 0
+    old_log_probs = -torch.rand(n, response_width, generator=gen) * 3
+    return DataProto.from_dict(
+        tensors={
+            "prompts": prompts,
+            "responses": responses,
+            "input_ids": torch.cat([prompts, responses], dim=1),
+            "attention_mask": attention_mask,
+            "position_ids": compute_position_id_with_mask(attention_mask),
+            "response_mask": response_mask,
+            "old_log_probs": old_log_probs,
+            "rollout_log_probs": old_log_probs - 0.05,
+            "ref_log_prob": REF_LOG_PROB + 0.3 * torch.randn(n, response_width, generator=gen),
+            "advantages": torch.randn(n, 1, generator=gen).expand(n, response_width).contiguous(),
+        },
+        meta_info={"temperature": 1.0, "pad_token_id": PAD_ID},
+    )
+
+
+def reference(model, batch: DataProto, entropy_coeff: float = 0.0, kl_coef: float | None = None):
+    """Gradients and terms of the whole-batch token-mean PPO loss, from one forward pass over the batch.
+
+    With one mini-batch and one epoch verl treats the batch as on-policy (old log-probs = current,
+    detached), so the ratio is 1 and clipping is inactive.
+    """
+    model.zero_grad()
+    b = batch.batch
+    mask = b["response_mask"].float()
+    tokens = mask.sum()
+    width = b["responses"].shape[1]
+    logits = model(
+        input_ids=b["input_ids"],
+        attention_mask=b["attention_mask"],
+        position_ids=b["position_ids"],
+        use_cache=False,
+    ).logits[:, -width - 1 : -1]
+    log_prob = torch.log_softmax(logits, dim=-1).gather(-1, b["responses"].unsqueeze(-1)).squeeze(-1)
+    ratio = torch.exp(log_prob - log_prob.detach())
+    pg = (-b["advantages"] * ratio * mask).sum() / tokens
+    entropy = ((torch.logsumexp(logits, -1) - (F.softmax(logits, -1) * logits).sum(-1)) * mask).sum() / tokens
+    loss = pg - entropy_coeff * entropy
+    kl = None
+    if kl_coef is not None:
+        kl = (kl_penalty(log_prob, b["ref_log_prob"], KL_TYPE) * mask).sum() / tokens
+        loss = loss + kl_coef * kl
+    loss.backward()
+    grads = [p.grad.detach().clone() for p in model.parameters()]
+    model.zero_grad()
+    return grads, {"pg": pg.item(), "entropy": entropy.item(), "kl": None if kl is None else kl.item()}
+
+
+def relative_error(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    diff = torch.cat([(g - r).flatten() for g, r in zip(grads, ref, strict=True)])
+    return (diff.norm() / torch.cat([r.flatten() for r in ref]).norm()).item()
+
+
+# One 60-token response and seven 2-token ones: dynamic batching puts them in micro-batches whose
+# token counts differ far more than their sample counts.
+SKEWED_PROMPTS = [5, 4, 6, 5, 4, 6, 5, 4]
+SKEWED_RESPONSES = [60, 2, 2, 2, 2, 2, 2, 2]
+
+
+def test_dynamic_bsz_update_is_whole_batch_token_mean(dp_actor, base_config, model):
+    batch = make_batch(SKEWED_PROMPTS, SKEWED_RESPONSES)
+    ref_grads, ref_terms = reference(model, batch, ENTROPY_COEFF, KL_COEF)
+    overrides = dict(
+        use_dynamic_bsz=True,
+        ppo_max_token_len_per_gpu=70,
+        ppo_mini_batch_size=8,
+        entropy_coeff=ENTROPY_COEFF,
+        use_kl_loss=True,
+        kl_loss_coef=KL_COEF,
+        kl_loss_type=KL_TYPE,
+    )
+
+    actor, steps = make_actor(dp_actor["patched"], base_config, model, **overrides)
+    metrics = actor.update_policy(batch)
+    assert len(steps) == 1
+    assert relative_error(steps[0], ref_grads) < 1e-5
+    assert metrics["actor/entropy"] == pytest.approx(ref_terms["entropy"], rel=1e-5)
+    assert metrics["actor/kl_loss"] == pytest.approx(ref_terms["kl"], rel=1e-5)
+
+    actor, steps = make_actor(dp_actor["original"], base_config, model, **overrides)
+    actor.update_policy(batch)
+    assert len(steps) == 1
+    assert relative_error(steps[0], ref_grads) > 0.05  # verl weighs micro-batches by sample count
+
+
+def test_fixed_micro_batches_scale_by_tokens_and_step_once(dp_actor, base_config, model):
+    # 8 samples, micro-batches of 3 (3, 3, 2 samples with unequal token counts), ppo_mini_batch_size 4:
+    # verl would make 2 optimizer steps with each micro-batch weighted 1/gradient_accumulation.
+    batch = make_batch(SKEWED_PROMPTS, [9, 1, 3, 30, 2, 2, 7, 4])
+    ref_grads, ref_terms = reference(model, batch)
+    overrides = dict(use_dynamic_bsz=False, ppo_micro_batch_size_per_gpu=3, ppo_mini_batch_size=4)
+
+    actor, steps = make_actor(dp_actor["patched"], base_config, model, **overrides)
+    metrics = actor.update_policy(batch)
+    assert len(steps) == 1
+    assert relative_error(steps[0], ref_grads) < 1e-5
+    assert metrics["actor/pg_loss"] == pytest.approx(ref_terms["pg"], rel=1e-5, abs=1e-7)
+    assert len(metrics["actor/grad_norm"]) == 1
+
+    actor, steps = make_actor(dp_actor["original"], base_config, model, **overrides)
+    actor.update_policy(batch)
+    assert len(steps) == 2
+
+
+def test_dynamic_bsz_larger_batch_than_mini_batch_steps_once(dp_actor, base_config, model):
+    batch = make_batch([4] * 12, [3, 8, 1, 5, 2, 9, 4, 4, 6, 2, 7, 3])
+    ref_grads, _ = reference(model, batch)
+    actor, steps = make_actor(
+        dp_actor["patched"],
+        base_config,
+        model,
+        use_dynamic_bsz=True,
+        ppo_max_token_len_per_gpu=20,
+        ppo_mini_batch_size=2,
+    )
+    actor.update_policy(batch)
+    assert len(steps) == 1
+    assert relative_error(steps[0], ref_grads) < 1e-5
+
+
+def test_micro_batch_without_response_tokens(dp_actor, base_config, model):
+    # The first micro-batch (samples 0 and 1) has no response token; rollout_log_probs are present.
+    batch = make_batch(SKEWED_PROMPTS, [4, 3, 5, 2, 6, 1, 3, 2], empty_mask_rows=(0, 1))
+    ref_grads, ref_terms = reference(model, batch)
+    overrides = dict(use_dynamic_bsz=False, ppo_micro_batch_size_per_gpu=2, ppo_mini_batch_size=8)
+
+    actor, steps = make_actor(dp_actor["patched"], base_config, model, **overrides)
+    metrics = actor.update_policy(batch)
+    assert len(steps) == 1
+    assert relative_error(steps[0], ref_grads) < 1e-5
+    assert metrics["actor/pg_loss"] == pytest.approx(ref_terms["pg"], rel=1e-5, abs=1e-7)
+    assert len(metrics["rollout_corr/kl"]) == 3  # only the three micro-batches with tokens
+    for name, value in metrics.items():
+        values = value if isinstance(value, list) else [value]
+        assert all(math.isfinite(v) for v in values), name
+
+    actor, _ = make_actor(dp_actor["original"], base_config, model, **overrides)
+    with pytest.raises(Exception, match="at least one valid token"):
+        actor.update_policy(batch)
+
+
+def test_batch_without_response_tokens_skips_the_step(dp_actor, base_config, model):
+    batch = make_batch([4, 5, 6, 4], [3, 2, 4, 1], empty_mask_rows=(0, 1, 2, 3))
+    before = [p.detach().clone() for p in model.parameters()]
+    actor, steps = make_actor(
+        dp_actor["patched"], base_config, model, use_dynamic_bsz=False, ppo_micro_batch_size_per_gpu=2
+    )
+    actor.actor_optimizer.param_groups[0]["lr"] = 0.1  # a step, if one were taken, would move the weights
+
+    metrics = actor.update_policy(batch)
+    assert metrics == {"actor/pg_loss": 0.0, "actor/kl_loss": 0.0, "actor/grad_norm": [0.0]}
+    assert steps == []
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))

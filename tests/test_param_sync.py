@@ -1,0 +1,144 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""ParamSync end to end on CPU: real verl FSDP2 workers under Ray, real CPU engines, gloo broadcast."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM
+from worker_helpers import actor_config, greedy_reference, ppo_batch
+
+from rllm_fully_async.client import parse_weight_version
+from rllm_fully_async.cpu_engine import CpuEngineProcess
+from rllm_fully_async.param_sync import (
+    ClientGate,
+    ParamSync,
+    ParamSyncError,
+    metadata_nbytes,
+    split_into_buckets,
+)
+from rllm_fully_async.workers import create_actor_worker_group, shutdown_worker_group
+
+PROMPTS = [[5, 6, 7, 8, 9], [40, 41, 42], [100, 17, 250, 3, 12, 99, 7]]
+NEW_TOKENS = 6
+
+
+def test_buckets_respect_the_size_and_keep_order():
+    metadata = [("a", "float32", [4]), ("b", "bfloat16", [8]), ("c", "float32", [10]), ("d", "float32", [1])]
+    assert [metadata_nbytes(m) for m in metadata] == [16, 16, 40, 4]
+    buckets = list(split_into_buckets(metadata, metadata_nbytes, bucket_bytes=32))
+    assert [[name for name, _, _ in b] for b in buckets] == [["a", "b"], ["c"], ["d"]]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+        )
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engine(toy_model_dir):
+    with CpuEngineProcess(str(toy_model_dir), num_threads=1) as server:
+        yield server
+
+
+def _server_greedy(gate: ClientGate, prompt: list[int]):
+    params = {"temperature": 0.0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
+    return gate.submit(gate.client.generate(prompt, params)).result(timeout=60)
+
+
+def _weight_version(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/get_weight_version", timeout=10) as response:
+        return json.loads(response.read())["weight_version"]
+
+
+@pytest.fixture(scope="module")
+def actor_wg(ray_cluster, toy_model_dir):
+    """Two FSDP2 ranks over gloo: every full tensor is an all-gather of two shards."""
+    wg = create_actor_worker_group(actor_config(toy_model_dir), role="actor", num_workers=2)
+    wg.init_model()
+    yield wg
+    shutdown_worker_group(wg)
+
+
+def test_sync_makes_the_server_generate_with_the_trained_weights(actor_wg, engine, tmp_path):
+    """One real update_actor, one sync; the server then generates exactly what the trainer's weights do."""
+    version = 1
+    old_version = parse_weight_version(_weight_version(engine.url))
+    gate = ClientGate([engine.url])
+    sync = ParamSync(actor_wg, [engine.url], gate, backend="gloo", bucket_size_mb=0.25, timeout_s=60)
+    try:
+        sync.init_group()
+        before = [_server_greedy(gate, p) for p in PROMPTS]
+
+        metrics = actor_wg.update_actor(ppo_batch()).meta_info["metrics"]
+        assert all(norm > 0 for norm in torch.tensor(metrics["actor/grad_norm"]).flatten().tolist())
+        actor_wg.save_checkpoint(str(tmp_path / "ckpt"))  # rank 0 gathers a Hugging Face copy
+        trained = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt" / "huggingface")
+
+        # A long generation in flight when the sync starts is aborted, then resumed under the new version.
+        long_run = gate.submit(
+            gate.client.generate(PROMPTS[0], {"temperature": 1.0, "max_new_tokens": 400, "ignore_eos": True})
+        )
+        deadline = time.monotonic() + 30
+        while gate.client.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        stats = sync.sync(version)
+
+        assert stats.version == version
+        assert stats.bytes == sum(metadata_nbytes(m) for m in sync.metadata) > 500_000
+        assert 0 < stats.transfer_s < stats.total_s < 60
+        assert stats.pause_s > 0 and stats.resume_s > 0
+        assert abs(stats.pause_s + stats.transfer_s + stats.resume_s - stats.total_s) < 1e-3
+        assert len(sync.buckets) > 1  # 0.25 MB buckets: the 0.58 MB model goes in several requests
+        assert _weight_version(engine.url) == str(version)
+
+        interrupted = long_run.result(timeout=120)
+        assert interrupted.num_aborts >= 1
+        assert [chunk.version for chunk in interrupted.chunks] == [old_version, version]
+        assert len(interrupted.token_ids) == 400
+
+        for prompt, old in zip(PROMPTS, before, strict=True):
+            out = _server_greedy(gate, prompt)
+            tokens, logprobs = greedy_reference(trained, prompt, NEW_TOKENS)
+            assert out.token_ids == tokens
+            torch.testing.assert_close(torch.tensor(out.logprobs), torch.tensor(logprobs), atol=1e-4, rtol=0)
+            assert [c.version for c in out.chunks] == [version]
+            # ... and that is not what the server generated before the sync.
+            assert max(abs(a - b) for a, b in zip(out.logprobs, old.logprobs, strict=True)) > 1e-3
+    finally:
+        sync.close()
+        gate.close()
+
+
+def test_a_dead_server_fails_the_sync_quickly(actor_wg, engine, toy_model_dir):
+    doomed = CpuEngineProcess(str(toy_model_dir), num_threads=1).start()
+    # The gate pauses the live engine; the weights go to the doomed one, which dies before the sync.
+    gate = ClientGate([engine.url])
+    sync = ParamSync(actor_wg, [doomed.url], gate, group_name="doomed", bucket_size_mb=1, timeout_s=20)
+    try:
+        sync.init_group()
+        doomed.stop()
+        start = time.monotonic()
+        with pytest.raises(ParamSyncError, match="update_weights_from_distributed failed.*" + doomed.url):
+            sync.sync(5)
+        assert time.monotonic() - start < 20
+    finally:
+        gate.resume(0)
+        start = time.monotonic()
+        sync.close()  # best effort: logs what it could not tear down, never hangs
+        assert time.monotonic() - start < 2 * 20 + 15
+        gate.close()
+        doomed.stop()

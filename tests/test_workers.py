@@ -1,0 +1,90 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""Training workers: verl's FSDP2 worker on CPU under Ray, its weight metadata, and clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import torch
+from omegaconf import open_dict
+from transformers import AutoModelForCausalLM
+from worker_helpers import actor_config
+
+from rllm_fully_async.workers import (
+    MegatronUnavailableError,
+    apply_cpu_overrides,
+    create_actor_worker_group,
+    megatron_worker_class,
+    shutdown_worker_group,
+)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+        )
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def actor_wg(ray_cluster, toy_model_dir):
+    wg = create_actor_worker_group(actor_config(toy_model_dir), role="actor")
+    wg.init_model()
+    yield wg
+    shutdown_worker_group(wg)
+
+
+def test_weight_metadata_is_the_hf_state_dict_in_order(actor_wg, toy_model_dir):
+    hf_state = AutoModelForCausalLM.from_pretrained(toy_model_dir).state_dict()
+    expected = [(name, "float32", list(t.shape)) for name, t in hf_state.items()]
+
+    (metadata,) = ray.get(actor_wg.get_weight_metadata())
+    assert [tuple(entry) for entry in metadata] == expected
+    assert any(name == "lm_head.weight" for name, _, _ in metadata)  # tied, but SGLang's loaders expect it
+
+    (as_bf16,) = ray.get(actor_wg.get_weight_metadata("bfloat16"))
+    assert {dtype for _, dtype, _ in as_bf16} == {"bfloat16"}
+
+
+def test_broadcast_without_a_group_fails_on_every_rank(actor_wg):
+    with pytest.raises(ray.exceptions.RayTaskError, match="no weight-update group 'missing'"):
+        ray.get(actor_wg.broadcast_weights("missing", 16))
+
+
+def test_cpu_overrides_refuse_fsdp1(toy_model_dir):
+    config = actor_config(toy_model_dir, "actor_rollout_ref.actor.strategy=fsdp").actor_rollout_ref
+    with pytest.raises(ValueError, match="actor_rollout_ref.actor.strategy=fsdp2"):
+        apply_cpu_overrides(config)
+
+
+def test_megatron_on_cpu_fails_clearly(toy_model_dir):
+    config = actor_config(toy_model_dir, "actor_rollout_ref.actor.strategy=megatron")
+    with pytest.raises(
+        MegatronUnavailableError, match="actor_rollout_ref.actor.strategy=megatron.*trainer.device=cpu"
+    ):
+        create_actor_worker_group(config)
+    try:
+        import megatron.core  # noqa: F401
+    except ImportError:
+        with pytest.raises(MegatronUnavailableError, match="megatron-core is not installed"):
+            megatron_worker_class()
+    else:  # megatron-core present: the class builds, and its constructor refuses a machine without CUDA
+        assert not torch.cuda.is_available()
+        assert megatron_worker_class().__name__ == "MegatronActorRefWorker"
+
+
+def test_bad_role_strategy_and_size_fail_before_starting_anything(ray_cluster, toy_model_dir):
+    config = actor_config(toy_model_dir)
+    with pytest.raises(ValueError, match="role='rollout'.*'actor', 'actor_ref', 'ref'"):
+        create_actor_worker_group(config, role="rollout")
+    with open_dict(config):
+        config.actor_rollout_ref.actor.strategy = "deepspeed"
+    with pytest.raises(ValueError, match="actor_rollout_ref.actor.strategy='deepspeed'"):
+        create_actor_worker_group(config)
+    with pytest.raises(RuntimeError, match="cannot place 64 actor worker.*CPU needed 64"):
+        create_actor_worker_group(actor_config(toy_model_dir), num_workers=64)

@@ -26,10 +26,10 @@ pip_install() {
     "$VENV_PYTHON" -m pip install --disable-pip-version-check "$@"
 }
 
-# The stamp records what the last complete install of a profile was made from: the profile's
-# constraints, pyproject.toml and the profile script. Unchanged inputs mean pip has nothing to do.
+# The stamp records what the last complete install of a profile was made from: the given files
+# (constraints, profile script), pyproject.toml and these helpers. Unchanged inputs: nothing to do.
 _stamp_file() { echo "$VENV/.rllm_fully_async-$1.stamp"; }
-_inputs_hash() { cat "$@" pyproject.toml | sha256sum | cut -d' ' -f1; }
+_inputs_hash() { cat "$@" pyproject.toml install/common.sh | sha256sum | cut -d' ' -f1; }
 
 stamp_matches() {
     local profile=$1
@@ -63,16 +63,19 @@ require_nvidia_gpu() {
     echo "GPU: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -n 1), CUDA $cuda"
 }
 
-# A CUDA toolkit (nvcc) is needed only where something is compiled against the installed torch.
+# A CUDA toolkit is needed only where something is compiled against the installed torch; torch
+# refuses to build extensions with an nvcc of another CUDA major version than its own.
 require_nvcc() {
-    local min_cuda=$1 nvcc_version
-    local nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
+    local min_cuda=$1 major=${1%%.*} nvcc version
+    nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
     [ -x "$nvcc" ] || nvcc=$(command -v nvcc) \
-        || die "nvcc not found: install the CUDA toolkit >= $min_cuda and set CUDA_HOME (needed to build TransformerEngine)"
-    nvcc_version=$("$nvcc" --version | sed -n 's/.*release \([0-9][0-9.]*\),.*/\1/p')
-    version_at_least "$nvcc_version" "$min_cuda" \
-        || die "$nvcc is CUDA $nvcc_version; this profile needs a CUDA toolkit >= $min_cuda"
-    export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$nvcc")")}
+        || die "nvcc not found: install a CUDA $major.x toolkit >= $min_cuda and set CUDA_HOME"
+    version=$("$nvcc" --version | sed -n 's/.*release \([0-9][0-9.]*\),.*/\1/p')
+    if ! version_at_least "$version" "$min_cuda" || [ "${version%%.*}" != "$major" ]; then
+        die "$nvcc is CUDA $version; torch 2.9.1 extensions need a CUDA $major.x toolkit >= $min_cuda (set CUDA_HOME)"
+    fi
+    CUDA_HOME=$(dirname "$(dirname "$nvcc")")
+    export CUDA_HOME
 }
 
 version_at_least() {

@@ -10,9 +10,6 @@ source install/common.sh
 
 PROFILE=cpu
 CONSTRAINTS=install/constraints-cpu.txt
-# Runtime packages the CPU engine and router tests use beyond pyproject's dependencies.
-CPU_EXTRAS=(fastapi uvicorn sglang-router)
-
 ensure_venv "${PYTHON:-python3.11}"
 if stamp_matches "$PROFILE" "$CONSTRAINTS" install/cpu.sh; then
     echo "cpu profile up to date ($VENV)"
@@ -20,7 +17,7 @@ else
     # torch first, alone and pinned to the CPU build, so that no later requirement pulls a CUDA torch.
     # Without a local wheel (this machine's pip config finds one), set TORCH_INDEX_URL to PyTorch's CPU index.
     pip_install "torch==2.13.0+cpu" -c "$CONSTRAINTS" ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"}
-    pip_install -e ".[test]" "${CPU_EXTRAS[@]}" -c "$CONSTRAINTS"
+    pip_install -e ".[test]" -c "$CONSTRAINTS"
     write_stamp "$PROFILE" "$CONSTRAINTS" install/cpu.sh
 fi
 apply_verl_patch

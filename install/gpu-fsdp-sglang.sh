@@ -19,13 +19,15 @@ ensure_venv "${PYTHON:-python3}" 12
 if stamp_matches "$PROFILE" "$CONSTRAINTS" install/gpu-fsdp-sglang.sh; then
     echo "fsdp-sglang profile up to date ($VENV)"
 else
-    pip_install --upgrade pip setuptools wheel packaging ninja psutil
+    pip_install --upgrade pip
+    pip_install setuptools wheel packaging ninja psutil  # flash-attn's build needs them in the venv
     # PyPI's torch 2.9.1 wheels for Linux x86_64 are the CUDA 12.8 build.
     pip_install torch torchvision torchaudio -c "$CONSTRAINTS"
     pip_install sglang sglang-router -c "$CONSTRAINTS"
-    pip_install -e ".[test]" fastapi uvicorn -c "$CONSTRAINTS"
-    # flash-attn's setup fetches the prebuilt wheel matching torch 2.9 / CUDA 12 / C++11 ABI; it must
-    # see the installed torch, hence no build isolation. MAX_JOBS bounds a fallback source build.
+    pip_install -e ".[test]" -c "$CONSTRAINTS"
+    # flash-attn's setup downloads its prebuilt wheel for torch 2.9 / CUDA 12 / C++11 ABI from the
+    # project's GitHub releases; it must see the installed torch, hence no build isolation. Where that
+    # download is blocked it compiles instead (hours; needs a CUDA 12.x nvcc; MAX_JOBS bounds it).
     MAX_JOBS=${MAX_JOBS:-8} pip_install --no-build-isolation flash-attn -c "$CONSTRAINTS"
     "$VENV_PYTHON" - <<'PY'
 from importlib.metadata import version

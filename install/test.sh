@@ -6,6 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash install/cpu.sh
 .venv/bin/python -m ruff check .
+.venv/bin/python -m ruff format --check .
 status=0
 .venv/bin/python -m pytest -q || status=$?
 if [ "$status" -eq 5 ]; then

@@ -74,7 +74,8 @@ def build_batch(
             "token_level_scores": scores,
         },
         non_tensors={
-            "uid": np.array([g.uid for g, _ in samples], dtype=object),
+            # one GRPO group per draw: the same prompt may appear from two epochs in one batch
+            "uid": np.array([f"{g.epoch}:{g.uid}" for g, _ in samples], dtype=object),
             "data_source": np.array(
                 [g.datum.get("data_source", "unknown") for g, _ in samples], dtype=object
             ),

@@ -264,16 +264,18 @@ class RolloutClient:
         prompt_ids = [int(t) for t in prompt_ids]
         if not prompt_ids:
             raise ValueError("prompt_ids is empty")
-        budget = int(sampling_params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
-        min_new = int(sampling_params.get("min_new_tokens", 0))
+        # The whole response's budget; None leaves it to the server (up to the context length).
+        budget = sampling_params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+        min_new = int(sampling_params.get("min_new_tokens") or 0)
         out = GenerationOutput(prompt_ids, [], [], [], finish_reason="length")
         idle_aborts = 0
         while True:
-            remaining = budget - len(out.token_ids)
-            if remaining <= 0:
-                out.finish_reason = "length"
-                return out
-            params = {**sampling_params, "max_new_tokens": remaining}
+            params = dict(sampling_params)
+            if budget is not None:
+                params["max_new_tokens"] = int(budget) - len(out.token_ids)
+                if params["max_new_tokens"] <= 0:
+                    out.finish_reason = "length"
+                    return out
             if min_new:
                 params["min_new_tokens"] = max(0, min_new - len(out.token_ids))
             payload = {
@@ -357,7 +359,7 @@ class RolloutClient:
                 except _RetryableError as e:
                     errors.append(f"{server.url}: {e}")
                     self._mark_failed(server, str(e))
-                    if isinstance(e.__cause__, TimeoutError):
+                    if isinstance(e.__cause__, asyncio.TimeoutError):
                         self._spawn(self._abort_quietly(server, rid))
             if attempt < self._max_attempts:
                 await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
@@ -422,7 +424,9 @@ class RolloutClient:
     async def pause(self) -> None:
         """Close the gate (no request is sent after this returns) and abort running requests on every server.
 
-        Aborted requests come back with their partial tokens and wait for :meth:`resume`.
+        Aborted requests come back with their partial tokens and wait for :meth:`resume`. SGLang answers
+        ``/pause_generation`` before the aborted requests have come back: call :meth:`wait_idle` before
+        changing weights or versions, or their partial tokens may be stamped with the new version.
         """
         self._paused = True
         self._resumed.clear()

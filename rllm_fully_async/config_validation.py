@@ -28,7 +28,18 @@ ASYNC_KEYS = {
     "param_sync_timeout_s",
     "weight_sync_bucket_mb",
 }
-ROLLOUT_SERVER_KEYS = {"urls", "num_servers", "startup_timeout_s", "extra_args", "num_threads"}
+ROLLOUT_SERVER_KEYS = {
+    "urls",
+    "num_servers",
+    "startup_timeout_s",
+    "extra_args",
+    "num_threads",
+    "num_cpus_per_server",
+    "max_restarts",
+    "log_dir",
+    "host",
+    "env",
+}
 ROLLOUT_ENGINES = ("sglang", "cpu_engine")
 # Estimators computed from outcome rewards alone. GAE needs a critic and REMAX a greedy baseline rollout,
 # neither of which the fully-async trainer runs.
@@ -70,10 +81,12 @@ def cuda_available() -> bool:
 
 def queue_bound(cfg: DictConfig) -> int:
     """``max_queue_size``, or by default the groups one sync window may launch (the admission budget)."""
+    from rllm_fully_async.staleness import window_budget
+
     a = cfg.async_training
     if a.max_queue_size is not None:
         return int(a.max_queue_size)
-    return int(a.required_samples * (1 + a.staleness_threshold) * a.trigger_parameter_sync_step + 0.999999)
+    return window_budget(a.required_samples, a.staleness_threshold, a.trigger_parameter_sync_step)
 
 
 def validate_async_training(cfg: DictConfig) -> None:

@@ -62,11 +62,6 @@ class ParamSyncError(RuntimeError):
     """A weight-sync step failed on a server or a training worker."""
 
 
-def weight_sync_backend(device: str) -> str:
-    """The collective backend for ``trainer.device``: NCCL between GPUs, gloo on CPU."""
-    return "gloo" if device == "cpu" else "nccl"
-
-
 def split_into_buckets(
     items: Iterable[T], nbytes: Callable[[T], int], bucket_bytes: int
 ) -> Iterator[list[T]]:
@@ -110,7 +105,9 @@ class EventLoopThread:
         future = self.submit(coro)
         try:
             return future.result(timeout=timeout_s)
-        except concurrent.futures.TimeoutError:
+        except concurrent.futures.TimeoutError:  # the builtin TimeoutError since Python 3.11
+            if future.done():
+                raise  # raised by the coroutine itself, not the wait
             future.cancel()
             raise TimeoutError(f"{step} did not finish within {timeout_s:g} s") from None
 
@@ -331,6 +328,7 @@ class ParamSync:
             finally:
                 for task in pending:
                     task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
 
         # The loop-level bound is a backstop; both() enforces timeout_s itself and names the side.
         return self._loop.run(both(), self.timeout_s + 30.0, f"weight sync step {step}")

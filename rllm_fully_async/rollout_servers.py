@@ -15,6 +15,7 @@ and the resources of a bundle.
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import os
 import signal
@@ -167,11 +168,13 @@ def _free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        import ctypes
+_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: the kernel kills it when its parent dies."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class ServerHost:
@@ -220,20 +223,18 @@ class ServerHost:
         return self._log_path.read_text(errors="replace")[-max_chars:]
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the server's process group, SIGKILL it after ``grace_s``."""
+        """SIGTERM the server's process group, then SIGKILL whatever is left of it after ``grace_s``."""
         if self._proc is None:
             return
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-            if self._proc.poll() is not None:
-                break
             try:
-                os.killpg(self._proc.pid, sig)
+                os.killpg(self._proc.pid, sig)  # the group outlives its leader if children remain
             except ProcessLookupError:
                 break
             try:
                 self._proc.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
-                continue
+                pass
         self._proc = None
 
 

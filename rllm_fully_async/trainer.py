@@ -165,8 +165,8 @@ class FullyAsyncTrainer(RayPPOTrainer):
         ready, _ = ray.wait([get_ref, run_ref], num_returns=1, timeout=cfg.queue_get_timeout_s + 30)
         if not ready:
             raise TimeoutError(
-                "no training batch arrived within "
-                f"async_training.queue_get_timeout_s={cfg.queue_get_timeout_s}s; are the rollout servers alive?"
+                "no training batch arrived within async_training.queue_get_timeout_s="
+                f"{cfg.queue_get_timeout_s}s; are the rollout servers alive?"
             )
         if ready[0] == run_ref:
             ray.get(run_ref)  # raises the executor's error, if any; otherwise the data is exhausted

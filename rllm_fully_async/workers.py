@@ -3,16 +3,19 @@
 
 Rollout never runs inside these workers; it runs on separate inference servers. So each worker is
 verl 0.7.1's ``ActorRolloutRefWorker`` (FSDP or Megatron) started with rollout switched off, plus
-four registered methods that :class:`rllm_fully_async.param_sync.ParamSync` drives:
+registered methods that :class:`rllm_fully_async.param_sync.ParamSync` drives:
 
 * ``get_weight_metadata`` - ``(name, dtype, shape)`` of every tensor in Hugging Face naming, the
   order in which the tensors will be broadcast;
-* ``init_weight_update_group`` / ``destroy_weight_update_group`` - worker rank 0 joins the servers'
-  weight-update group as group rank 0 (``rllm_fully_async.weight_update_group``);
+* ``find_free_port``, ``init_weight_update_group`` / ``destroy_weight_update_group`` - worker rank 0
+  hosts the servers' weight-update group as its rank 0 (``rllm_fully_async.weight_update_group``);
 * ``broadcast_weights`` - every rank takes part in gathering full tensors, a bucket at a time so that
   memory stays bounded, and rank 0 broadcasts each one in metadata order.
 
-On a CPU-only machine (CI, the demo) the FSDP worker needs four narrow workarounds, each applied
+They return Ray object refs (non-blocking), so the caller can bound every wait and run the servers'
+side of a collective at the same time.
+
+On a CPU-only machine (CI, the demo) the FSDP worker needs five narrow workarounds, each applied
 only when verl finds no accelerator; see :func:`apply_cpu_overrides`.
 """
 
@@ -97,6 +100,11 @@ def _cpu_device_module_additions() -> dict:
     }
 
 
+def _no_offload_on_cpu(pin_memory: bool = True) -> None:
+    """Stands in for ``CPUOffloadPolicy`` in ``fsdp_workers``: without an accelerator nothing is offloaded."""
+    return None
+
+
 def apply_cpu_overrides(config: DictConfig) -> None:
     """Let verl 0.7.1's FSDP worker run without an accelerator. Call only on CPU, before its ``__init__``.
 
@@ -112,6 +120,10 @@ def apply_cpu_overrides(config: DictConfig) -> None:
        CPU parameters; FSDP2 (``fully_shard``) works on a CPU mesh, so refuse FSDP1 here.
     4. ``get_torch_device()`` is ``torch.cpu``, which lacks the memory and RNG helpers verl calls;
        add CPU stand-ins for the missing ones (:func:`_cpu_device_module_additions`).
+    5. ``_build_model_optimizer`` always gives the FSDP2 reference model (and an actor with
+       ``fsdp_config.offload_policy``) ``CPUOffloadPolicy(pin_memory=True)``; pinning needs an
+       accelerator. Parameters already live in host memory, so build them without offload, as verl
+       builds the actor (``offload_policy=None``).
     """
     strategy = config.actor.strategy
     if strategy == "fsdp":
@@ -136,6 +148,7 @@ def apply_cpu_overrides(config: DictConfig) -> None:
     for name, fn in _cpu_device_module_additions().items():
         if not hasattr(torch.cpu, name):
             setattr(torch.cpu, name, fn)
+    fsdp_workers.CPUOffloadPolicy = _no_offload_on_cpu
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 import yaml
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from rllm_fully_async.config_validation import ConfigError, validate

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import urllib.request
 
+import psutil
 import pytest
 import ray
 import torch
@@ -142,3 +145,37 @@ def test_a_dead_server_fails_the_sync_quickly(actor_wg, engine, toy_model_dir):
         assert time.monotonic() - start < 2 * 20 + 15
         gate.close()
         doomed.stop()
+
+
+def _pid_listening_on(url: str) -> int:
+    port = int(url.rsplit(":", 1)[1])
+    return next(
+        c.pid
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    )
+
+
+def test_a_frozen_server_times_out_naming_the_step(actor_wg, engine, toy_model_dir):
+    """A server that accepts connections but never answers: the sync raises instead of hanging."""
+    frozen = CpuEngineProcess(str(toy_model_dir), num_threads=1).start()
+    pid = _pid_listening_on(frozen.url)
+    gate = ClientGate([engine.url])
+    sync = ParamSync(actor_wg, [frozen.url], gate, group_name="frozen", bucket_size_mb=1, timeout_s=5)
+    try:
+        sync.init_group()
+        os.kill(pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(
+            TimeoutError, match=r"update_weights_from_distributed did not finish.*" + frozen.url
+        ):
+            sync.sync(7)
+        assert time.monotonic() - start < 5 + 5
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        gate.resume(0)
+        start = time.monotonic()
+        sync.close()
+        assert time.monotonic() - start < 2 * 5 + 15
+        gate.close()
+        frozen.stop()

@@ -50,8 +50,9 @@ def _rank_main(rank: int, port: int, default_group_port: int | None, results: mp
     results.put((rank, from_rank0.tolist(), from_rank1.float().tolist(), default_alive))
 
 
-@pytest.mark.parametrize("rank_with_default_group", [None, 0, 1])
-def test_two_processes_broadcast_over_two_named_groups(rank_with_default_group: int | None) -> None:
+def test_two_processes_broadcast_over_two_named_groups() -> None:
+    """Rank 1 runs inside its own default gloo world, rank 0 has none: both set-ups must work."""
+    rank_with_default_group = 1
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()

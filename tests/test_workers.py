@@ -8,7 +8,7 @@ import ray
 import torch
 from omegaconf import open_dict
 from transformers import AutoModelForCausalLM
-from worker_helpers import actor_config
+from worker_helpers import actor_config, ppo_batch
 
 from rllm_fully_async.workers import (
     MegatronUnavailableError,
@@ -33,7 +33,8 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def actor_wg(ray_cluster, toy_model_dir):
-    wg = create_actor_worker_group(actor_config(toy_model_dir), role="actor")
+    """Actor and reference policy in one process: the reference model is built the way role="ref" is."""
+    wg = create_actor_worker_group(actor_config(toy_model_dir), role="actor_ref")
     wg.init_model()
     yield wg
     shutdown_worker_group(wg)
@@ -49,6 +50,15 @@ def test_weight_metadata_is_the_hf_state_dict_in_order(actor_wg, toy_model_dir):
 
     (as_bf16,) = ray.get(actor_wg.get_weight_metadata("bfloat16"))
     assert {dtype for _, dtype, _ in as_bf16} == {"bfloat16"}
+
+
+def test_reference_policy_runs_on_cpu_and_matches_the_untrained_actor(actor_wg):
+    batch = ppo_batch()
+    ref = actor_wg.compute_ref_log_prob(batch).batch["ref_log_prob"]
+    actor = actor_wg.compute_log_prob(batch).batch["old_log_probs"]
+    assert ref.shape == (4, 6) and bool(torch.isfinite(ref).all())
+    # verl runs the reference policy in bfloat16 (ref.fsdp_config.dtype), this actor in float32.
+    torch.testing.assert_close(ref.float(), actor, atol=0.05, rtol=0.02)
 
 
 def test_broadcast_without_a_group_fails_on_every_rank(actor_wg):

@@ -27,6 +27,8 @@ def actor_config(model_dir: Path, *overrides: str) -> DictConfig:
                 "actor_rollout_ref.actor.optim.lr=0.01",
                 "actor_rollout_ref.actor.checkpoint.save_contents=[model,hf_model]",
                 "actor_rollout_ref.rollout.n=1",
+                "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+                "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
                 "trainer.device=cpu",
                 "trainer.nnodes=1",
                 "trainer.n_gpus_per_node=1",

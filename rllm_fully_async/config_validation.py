@@ -218,6 +218,19 @@ def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
         f"batch; set it to token-mean (got {actor.loss_agg_mode!r})",
     )
     _require(
+        actor.policy_loss.loss_mode != "geo_mean",
+        "actor_rollout_ref.actor.policy_loss.loss_mode",
+        "geo_mean ignores the whole-batch token count the patched dp_actor relies on; use vanilla (PPO clip)",
+    )
+    rollout_corr = cfg.algorithm.get("rollout_correction")
+    if rollout_corr is not None and rollout_corr.get("bypass_mode", False):
+        _require(
+            bool(actor.get("use_rollout_log_probs", False)),
+            "actor_rollout_ref.actor.use_rollout_log_probs",
+            "must be true with algorithm.rollout_correction.bypass_mode=true: with one mini-batch and one "
+            "epoch verl otherwise replaces old_log_probs by the current ones, removing the correction",
+        )
+    _require(
         cfg.algorithm.adv_estimator in SUPPORTED_ESTIMATORS,
         "algorithm.adv_estimator",
         f"{cfg.algorithm.adv_estimator!r} is not supported (GAE needs a critic and REMAX a greedy "

@@ -85,10 +85,11 @@ class RunSummary:
         elapsed = time.time() - self.started
         first, last = self.reward_first_last()
         syncs = self.sync_seconds
+        c = self.counts
         lines = [
             "=== rllm_fully_async run summary ===",
-            f"steps: {len(self.rewards)}   prompts drawn/trained/filtered: {self.counts.get('drawn', 0)}/"
-            f"{self.counts.get('trained', 0)}/{sum(self.counts.get('filtered_by_reason', {}).values())}",
+            f"steps: {len(self.rewards)}   prompts drawn {c.get('drawn', 0)} = trained {c.get('trained', 0)} "
+            f"+ filtered {c.get('filtered', 0)} + queued {c.get('queued', 0)} + in flight {c.get('in_flight', 0)}",
             f"reward (mean of first/last 3 steps): {first:.3f} -> {last:.3f}",
             f"samples/s: {self.samples / elapsed:.2f}   response tokens/s: {self.tokens / elapsed:.1f}   "
             f"wall: {elapsed:.1f}s",

@@ -10,6 +10,7 @@ the configured advantage estimator, and ``update_actor`` on the patched ``dp_act
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -21,17 +22,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from verl.trainer.ppo.core_algos import agg_loss
-from verl.trainer.ppo.metric_utils import compute_data_metrics, reduce_metrics
+from verl.trainer.ppo.metric_utils import compute_data_metrics
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer, apply_kl_penalty, compute_advantage
 from verl.trainer.ppo.utils import need_reference_policy
 from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from verl.utils.debug import marked_timer
+from verl.utils.metric import reduce_metrics
 
 from rllm_fully_async.batch import build_batch
 from rllm_fully_async.metrics import RunSummary, async_metrics
 from rllm_fully_async.param_sync import ParamSync
 
 STATE_FILE = "fully_async_state.pt"
+LEDGER_FILE = "ledger.json"
 
 
 @dataclass
@@ -145,8 +148,17 @@ class FullyAsyncTrainer(RayPPOTrainer):
         finally:
             progress.close()
             ray.get(self.executor.stop.remote())
-        self.summary.finish(self._pipeline_metrics(), ray.get(self.queue.counts.remote()))
+        counts = ray.get(self.queue.counts.remote())
+        self.summary.finish(self._pipeline_metrics(), counts)
+        self._write_ledger(counts)
         return self.summary
+
+    def _write_ledger(self, counts: dict[str, Any]) -> None:
+        """The run's final accounting, for audits: counts plus how often each prompt was trained per epoch."""
+        ledger = {"counts": counts, "trained_uids": ray.get(self.queue.trained_uids.remote())}
+        os.makedirs(self.config.trainer.default_local_dir, exist_ok=True)
+        with open(os.path.join(self.config.trainer.default_local_dir, LEDGER_FILE), "w") as f:
+            json.dump(ledger, f, indent=1, sort_keys=True)
 
     def _due(self, freq: int, is_last: bool) -> bool:
         return freq is not None and freq > 0 and (is_last or self.global_steps % freq == 0)
@@ -280,6 +292,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
         for reason, count in counts.get("filtered_by_reason", {}).items():
             out[f"async/filtered/{reason}"] = count
         out.update({f"rollout/{k}": v for k, v in rollout.items() if isinstance(v, int | float)})
+        out.update(ray.get(self.queue.metrics.remote()))
         out["async/trainer_idle_ratio"] = self.clock.idle_ratio()
         return out
 

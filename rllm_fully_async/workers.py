@@ -481,8 +481,8 @@ def create_actor_worker_group(
         raise RuntimeError(
             f"the Ray cluster cannot place {num_workers} {role} worker(s) on trainer.device={device}: "
             + ", ".join(f"{k} needed {need}, available {have}" for k, (need, have) in short.items())
-            + ". Lower the worker count (trainer.n_gpus_per_node / trainer.nnodes) or add resources"
-            + (" (ray.init(num_cpus=...))." if not use_gpu else ".")
+            + ". Lower the worker count (trainer.n_gpus_per_node / trainer.nnodes), add resources"
+            + (" (ray.init(num_cpus=...))." if not use_gpu else ", or set trainer.device=cpu.")
         )
     pool = RayResourcePool([num_workers // nnodes] * nnodes, use_gpu=use_gpu, max_colocate_count=1)
     cls_with_init = RayClassWithInitArgs(cls=ray.remote(cls), config=config.actor_rollout_ref, role=role)

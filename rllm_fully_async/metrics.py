@@ -88,8 +88,10 @@ class RunSummary:
         c = self.counts
         lines = [
             "=== rllm_fully_async run summary ===",
-            f"steps: {len(self.rewards)}   prompts drawn {c.get('drawn', 0)} = trained {c.get('trained', 0)} "
-            f"+ filtered {c.get('filtered', 0)} + queued {c.get('queued', 0)} + in flight {c.get('in_flight', 0)}",
+            f"steps: {len(self.rewards)}",
+            f"prompts: drawn {c.get('drawn', 0)} = trained {c.get('trained', 0)} + filtered "
+            f"{c.get('filtered', 0)} {c.get('filtered_by_reason', {})} + queued {c.get('queued', 0)} "
+            f"+ in flight {c.get('in_flight', 0)}",
             f"reward (mean of first/last 3 steps): {first:.3f} -> {last:.3f}",
             f"samples/s: {self.samples / elapsed:.2f}   response tokens/s: {self.tokens / elapsed:.1f}   "
             f"wall: {elapsed:.1f}s",

@@ -34,6 +34,8 @@ def async_metrics(groups: Sequence, batch: DataProto, trainer_version: int) -> d
         "async/batch_samples": len(samples),
         "async/batch_response_tokens": int(batch.batch["response_mask"].sum().item()),
     }
+    for reason in ("stop", "length", "abort"):
+        metrics[f"async/finish_reason/{reason}"] = sum(s.finish_reason == reason for s in samples)
     for value, count in zip(*np.unique(staleness.astype(np.int64), return_counts=True), strict=True):
         metrics[f"async/staleness_hist/{int(value)}"] = int(count)
     return metrics

@@ -59,8 +59,7 @@ class Validator:
                     sample = await self.rollout_fn(
                         client,
                         self.tokenizer,
-                        **datum,
-                        prompt=datum[self.prompt_key],
+                        **{**datum, "prompt": datum[self.prompt_key]},
                         sampling_params=dict(self.sampling_params),
                         reward_fn=self.reward_fn,
                         partial_rollout=False,

@@ -66,6 +66,12 @@ def total_training_steps(cfg: DictConfig, prompts_per_epoch: int) -> int:
     return steps
 
 
+def servers_tp_size(cfg: DictConfig) -> int:
+    """GPUs per SGLang server; weight-update ranks are laid out per server by it."""
+    rollout = cfg.actor_rollout_ref.rollout
+    return int(rollout.tensor_model_parallel_size) if rollout.name == "sglang" else 1
+
+
 def init_ray(cfg: DictConfig) -> None:
     if ray.is_initialized():
         return
@@ -89,7 +95,7 @@ def run(cfg: DictConfig) -> RunSummary:
     from rllm_fully_async.rollout_servers import start_rollout_servers
     from rllm_fully_async.trainer import ExecutorGate, FullyAsyncTrainer
     from rllm_fully_async.validation import Validator
-    from rllm_fully_async.workers import create_actor_worker_group
+    from rllm_fully_async.workers import create_actor_worker_group, shutdown_worker_group
 
     has_cuda = cuda_available()
     fill_toy_defaults(cfg)
@@ -100,23 +106,24 @@ def run(cfg: DictConfig) -> RunSummary:
     init_ray(cfg)
     tokenizer = AutoTokenizer.from_pretrained(cfg.actor_rollout_ref.model.path)
     servers = start_rollout_servers(cfg)
-    param_sync = None
+    param_sync = actor_wg = None
+    actors: list = []
     try:
         urls = servers.urls
         queue = MessageQueue.options(num_cpus=0).remote(cfg.async_training.max_queue_size)
         executor = RolloutExecutor.options(num_cpus=0).remote(
             OmegaConf.to_container(cfg, resolve=True), urls, queue
         )
+        actors += [executor, queue]
         steps = total_training_steps(cfg, ray.get(executor.num_prompts_per_epoch.remote()))
         with open_dict(cfg):
             cfg.actor_rollout_ref.actor.optim.total_training_steps = steps
 
-        actor_wg = create_actor_worker_group(cfg, role="actor")
+        # One group holds actor and reference policy: on GPUs each group reserves its own devices.
+        use_ref = need_reference_policy(cfg)
+        actor_wg = create_actor_worker_group(cfg, role="actor_ref" if use_ref else "actor")
         actor_wg.init_model()
-        ref_wg = None
-        if need_reference_policy(cfg):
-            ref_wg = create_actor_worker_group(cfg, role="ref")
-            ref_wg.init_model()
+        ref_wg = actor_wg if use_ref else None
 
         param_sync = ParamSync(
             actor_wg,
@@ -125,6 +132,7 @@ def run(cfg: DictConfig) -> RunSummary:
             backend="nccl" if has_cuda else "gloo",
             bucket_size_mb=cfg.async_training.weight_sync_bucket_mb,
             timeout_s=cfg.async_training.param_sync_timeout_s,
+            tp_size=servers_tp_size(cfg),
         )
         param_sync.init_group()
         validator = (
@@ -145,6 +153,10 @@ def run(cfg: DictConfig) -> RunSummary:
     finally:
         if param_sync is not None:
             param_sync.close()
+        if actor_wg is not None:
+            shutdown_worker_group(actor_wg)
+        for actor in actors:
+            ray.kill(actor)
         servers.stop()
     print(summary.render(), flush=True)
     return summary
@@ -160,11 +172,16 @@ def _default_config_name(argv: list[str]) -> list[str]:
 
 @hydra.main(config_path=str(config_dir()), config_name=GPU_DEFAULT_CONFIG, version_base=None)
 def _hydra_entry(cfg: DictConfig) -> None:
+    from rllm_fully_async.patches import VerlPatchError
+
     try:
         run(cfg)
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         sys.exit(2)
+    except VerlPatchError as err:
+        print(f"verl is not ready for fully-async training: {err}", file=sys.stderr)
+        sys.exit(3)
 
 
 def cli() -> None:

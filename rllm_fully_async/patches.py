@@ -229,24 +229,25 @@ def revert_patch(target: Path | None = None) -> bool:
 
 
 def require_patched_verl(target: Path | None = None) -> None:
-    """Raise RuntimeError naming the problem and the fix command unless verl (default: installed) is patched.
+    """Raise VerlPatchError, naming the problem and the fix command, unless verl is patched.
 
-    The trainer calls this at startup: unpatched verl trains, but with per-mini-batch steps and
-    mis-weighted micro-batches, which is wrong without any visible error.
+    ``target`` defaults to the installed verl. The trainer calls this at startup: unpatched verl
+    trains, but with per-mini-batch steps and mis-weighted micro-batches, which is wrong without any
+    visible error.
     """
     try:
         file = _target_file(target)
     except VerlPatchError as err:
-        raise RuntimeError(f"rllm_fully_async cannot start: {err}") from None
+        raise VerlPatchError(f"rllm_fully_async cannot start: {err}") from None
     state = patch_state(target)
     if state == ORIGINAL:
-        raise RuntimeError(
+        raise VerlPatchError(
             f"rllm_fully_async cannot start: verl {VERL_VERSION} at {file.parents[2]} is not patched "
             f"(fully-async updates need one optimizer step per batch and a whole-batch token-mean loss). "
             f"Fix: {_apply_command(target)}"
         )
     if state == UNKNOWN:
-        raise RuntimeError(f"rllm_fully_async cannot start: {_unknown_message(file, target)}")
+        raise VerlPatchError(f"rllm_fully_async cannot start: {_unknown_message(file, target)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -407,7 +407,10 @@ class RolloutExecutor:
         async with self._draw_lock:
             if self._paused or self._stopping:
                 return False
-            requeued = await self._queue.take_requeued.remote(1)
+            # A pending long-poll (see _wait) means nothing was re-queued since it was sent: skip the
+            # round trip, which would otherwise be paid on every wake-up while the budget is used up.
+            polling = self._requeue_poll is not None and not self._requeue_poll.done()
+            requeued = [] if polling else await self._queue.take_requeued.remote(1)
             if requeued:
                 self._counters["prompts_requeued_served"] += 1
                 self._begin(requeued[0])

@@ -821,7 +821,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.num_threads)
     server = CpuEngineServer(args)
     # Bind first (port 0 = any free port), then report the port: no race with other servers.
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and accepted
+    # sockets copy it. Without it every keep-alive response waits ~40 ms (Nagle against delayed ACK).
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     server.port = sock.getsockname()[1]

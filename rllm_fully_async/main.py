@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hydra
 import ray
@@ -83,8 +85,12 @@ def init_ray(cfg: DictConfig) -> None:
     )
 
 
-def run(cfg: DictConfig) -> RunSummary:
-    """Run one fully-async (or lock-step) training job described by ``cfg``."""
+def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> RunSummary:
+    """Run one fully-async (or lock-step) training job described by ``cfg``.
+
+    ``trainer_factory`` (default: ``FullyAsyncTrainer``) builds the trainer from the same arguments;
+    benchmarks pass an instrumented subclass.
+    """
     from transformers import AutoTokenizer
     from verl.trainer.ppo.utils import need_reference_policy
 
@@ -138,7 +144,7 @@ def run(cfg: DictConfig) -> RunSummary:
         validator = (
             Validator(cfg, urls, tokenizer) if cfg.data.val_files and cfg.trainer.test_freq > 0 else None
         )
-        trainer = FullyAsyncTrainer(
+        trainer = (trainer_factory or FullyAsyncTrainer)(
             cfg,
             tokenizer,
             actor_wg=actor_wg,

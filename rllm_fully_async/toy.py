@@ -32,6 +32,9 @@ DEFAULT_MODEL_SHAPE = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 1024,
 }
+# A wider initialisation than Qwen2's 0.02 makes the untrained policy less uniform over the vocabulary;
+# measured on the toy task, RL from scratch then reaches high reward in far fewer steps.
+INITIALIZER_RANGE = 0.2
 
 
 def _training_corpus() -> list[str]:
@@ -85,6 +88,7 @@ def build_model(tokenizer, seed: int = 0, **shape: int):
         vocab_size=len(tokenizer),
         tie_word_embeddings=True,
         rope_theta=10000.0,
+        initializer_range=INITIALIZER_RANGE,
         torch_dtype="float32",
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,

@@ -1,0 +1,75 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""The benchmark: its arithmetic, and a smoke run of the whole path (tiny sizes, no sweeps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rllm_fully_async import bench
+
+
+def test_lengths_are_long_tailed_clipped_and_reproducible():
+    lengths = bench.long_tail_lengths(4000, median=32, sigma=1.0, low=4, high=256, seed=3)
+    assert lengths == bench.long_tail_lengths(4000, median=32, sigma=1.0, low=4, high=256, seed=3)
+    assert min(lengths) >= 4 and max(lengths) == 256
+    assert 28 <= np.median(lengths) <= 36
+    assert np.mean(lengths) > 1.3 * np.median(lengths)  # a heavy right tail pulls the mean up
+    assert np.percentile(lengths, 99) > 5 * np.median(lengths)
+
+
+def test_ideal_bounds_follow_the_overlap_model():
+    """G = 40, T = 20 (training 3.2 s per 64 samples), weight sync 0.4 s every 4 steps."""
+    cpu = {"engine": {"cpu_share_when_runnable": 1.0}, "trainer worker": {"cpu_share_when_runnable": 1.0}}
+    gen = {"samples_per_s": 40.0, "cpu": cpu}
+    sync = {"samples_per_step": 64, "train_s_per_step": 3.2, "wait_s_per_step": 3.2, "samples_per_s": 9.0,
+            "param_sync": {"total_s_mean": 0.0}, "cpu": cpu}  # fmt: skip
+    run = {"samples_per_s": 18.0, "train_s_per_step": 3.2, "trigger_parameter_sync_step": 4,
+           "param_sync": {"total_s_mean": 0.4}, "cpu": cpu}  # fmt: skip
+    b = bench.ideal_bounds(gen, sync, run)
+    assert b["T"] == pytest.approx(64 / 3.3)
+    assert b["ideal_async"] == pytest.approx(min(40.0, 64 / 3.3))
+    assert b["ideal_sync"] == pytest.approx(1 / (1 / 40 + 1 / 20))
+    assert b["G_lockstep"] == pytest.approx(20.0) and b["long_tail_penalty"] == pytest.approx(2.0)
+    assert b["ideal_sync_with_tail"] == pytest.approx(10.0)
+    assert b["overlap_efficiency"] == pytest.approx(18.0 / (64 / 3.3))
+    assert b["speedup"] == pytest.approx(2.0)
+
+
+def test_bad_sweep_name_is_refused():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sweeps", "staleness,nonsense"])
+
+
+def test_raw_gloo_broadcast_is_timed():
+    placement = bench.Placement.choose((), ())
+    assert 0 < bench.raw_gloo_broadcast_s(1 << 20, placement, repeats=2) < 30
+
+
+def test_smoke_run_writes_results_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rllm_fully_async.bench", "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAY_DEDUP_LOGS": "0"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "bench.json").read_text())
+    runs, bounds = result["runs"], result["bounds"]
+    assert {"sync", "async"} <= set(runs)
+    assert runs["sync"]["mode"] == "sync" and runs["async"]["mode"] == "async"
+    for run in runs.values():
+        assert run["samples_per_s"] > 0 and run["steps"] == result["settings"]["steps"]
+        assert {kind for kind, *_ in run["spans"]} >= {"wait", "train", "sync"}
+    assert bounds["G"] > 0 and bounds["T"] > 0
+    assert bounds["ideal_async"] == pytest.approx(min(bounds["G"], bounds["T"]))
+    assert result["components"]["queue"]["message_queue"]["groups_per_s"] > 0
+    assert (out / "timeline.png").stat().st_size > 0
+    assert "overlap efficiency" in proc.stdout

@@ -73,6 +73,13 @@ def _check_known_keys(node: DictConfig, known: set[str], section: str) -> None:
         )
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
 def cuda_available() -> bool:
     import torch
 
@@ -196,7 +203,7 @@ def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
             "on a CPU-only machine",
         )
         _require(
-            importlib.util.find_spec("megatron.core") is not None,
+            _importable("megatron.core"),
             "actor_rollout_ref.actor.strategy",
             "'megatron' needs megatron-core: run install/gpu-megatron-sglang.sh",
         )

@@ -456,7 +456,9 @@ def test_server_loads_counts_running_requests(engines: list[CpuEngineProcess]) -
         async with RolloutClient(urls) as client:
             idle = await client.server_loads()
             tasks = [
-                asyncio.create_task(client.generate([1, 140 + i], {"max_new_tokens": 200, **GREEDY}))
+                asyncio.create_task(
+                    client.generate([1, 140 + i], {"max_new_tokens": 600, "ignore_eos": True, **GREEDY})
+                )
                 for i in range(4)
             ]
             await _wait_until_generating(urls)

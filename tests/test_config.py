@@ -83,9 +83,14 @@ def test_missing_model_path_is_named():
 def test_megatron_needs_cuda_and_megatron_core(cpu_cfg):
     cfg = load(
         "fully_async_ppo_megatron_trainer",
-        [f"actor_rollout_ref.model.path={cpu_cfg.actor_rollout_ref.model.path}"],
+        [
+            f"actor_rollout_ref.model.path={cpu_cfg.actor_rollout_ref.model.path}",
+            "actor_rollout_ref.rollout.name=cpu_engine",
+            f"data.train_files={cpu_cfg.data.train_files}",
+            f"data.val_files={cpu_cfg.data.val_files}",
+        ],
     )
-    with pytest.raises(ConfigError, match="needs CUDA"):
+    with pytest.raises(ConfigError, match="'megatron' needs CUDA"):
         validate(cfg, has_cuda=False)
     try:
         import megatron.core  # noqa: F401

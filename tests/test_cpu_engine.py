@@ -230,23 +230,34 @@ def test_64_concurrent_requests_share_forward_passes(engine: str) -> None:
     assert after["max_running_batch"] >= 32
 
 
+def prompt_whose_greedy_next_token_is_eos(hf_model) -> list[int]:
+    """Search two- then three-token prompts for one whose greedy continuation starts with EOS."""
+    vocab = hf_model.config.vocab_size
+    with torch.inference_mode():
+        for first in (1, 202):
+            for middle in [[]] + [[m] for m in range(4, vocab, 7)]:
+                prompts = torch.tensor([[first, *middle, x] for x in range(4, vocab)])
+                hits = (hf_model(prompts).logits[:, -1].argmax(-1) == EOS).nonzero()
+                if len(hits):
+                    return prompts[int(hits[0])].tolist()
+    raise AssertionError("no prompt of the toy model continues with EOS under greedy decoding")
+
+
 def test_stop_conditions_give_sglang_finish_reasons(engine: str, hf_model, toy_model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(toy_model_dir)
     greedy = {"temperature": 0, "max_new_tokens": 8}
-    # The toy model continues a prompt ending in EOS with EOS: a real end-of-sequence stop.
-    status, eos = post(engine, "/generate", {"input_ids": [1, 40, EOS], "sampling_params": greedy})
-    with torch.inference_mode():
-        expected_next = int(hf_model(torch.tensor([[1, 40, EOS]])).logits[0, -1].argmax())
-    assert expected_next == EOS, "the toy model no longer echoes EOS; pick another prompt"
+    # A prompt the toy model continues greedily with EOS: a real end-of-sequence stop.
+    eos_prompt = prompt_whose_greedy_next_token_is_eos(hf_model)
+    status, eos = post(engine, "/generate", {"input_ids": eos_prompt, "sampling_params": greedy})
     assert eos["output_ids"] == [EOS] and eos["meta_info"]["finish_reason"] == {
         "type": "stop",
         "matched": EOS,
     }
     assert eos["text"] == ""  # the matched stop token is trimmed from the text
     _, ignored = post(
-        engine, "/generate", {"input_ids": [1, 40, EOS], "sampling_params": {**greedy, "ignore_eos": True}}
+        engine, "/generate", {"input_ids": eos_prompt, "sampling_params": {**greedy, "ignore_eos": True}}
     )
-    assert ignored["output_ids"] == [EOS] * 8
+    assert ignored["output_ids"][0] == EOS and len(ignored["output_ids"]) == 8
     assert ignored["meta_info"]["finish_reason"] == {"type": "length", "length": 8}
 
     _, sampled = post(
@@ -270,7 +281,7 @@ def test_stop_conditions_give_sglang_finish_reasons(engine: str, hf_model, toy_m
     # A stop string: the first generated piece of plain ASCII text (byte-level tokens may split UTF-8).
     stop_text = next(
         piece
-        for piece in (tokenizer.decode([t]) for t in tokens[1:])
+        for piece in (tokenizer.decode([t]) for t in tokens[1:] if t not in tokenizer.all_special_ids)
         if piece.strip() and piece.isascii() and piece.isprintable()
     )
     _, by_text = post(

@@ -2,24 +2,24 @@
 """Benchmarks: fully-async against the synchronous baseline, against the ideal overlap bound, and the
 costs that eat into it.
 
-    python -m rllm_fully_async.bench [--out DIR] [--sweeps staleness,trigger,partial] [--no-components]
-    python -m rllm_fully_async.bench --smoke     # seconds-long check of the whole benchmark path
+    python -m rllm_fully_async.bench [--out DIR] [--sweeps staleness,trigger,partial|none] [--no-components]
+    python -m rllm_fully_async.bench --smoke    # every path at toy sizes, in about a minute
 
-Everything runs for real on CPU: the embedded engine over HTTP, verl's FSDP worker, Ray actors. Generation
-and training get disjoint cores (``--gen-cores``, ``--train-cores``), which models disaggregated rollout
-and training devices; each side's host work shares its side's cores (the rollout executor and the queue
-with the engine, the driver and Ray's daemons with the training worker). Response lengths are long-tailed
-(lognormal), enforced per prompt through ``max_new_tokens`` with ``ignore_eos``, so a lock-step batch
-really waits for its slowest sample.
+Everything runs for real on CPU: the embedded engine over HTTP, verl's FSDP worker, Ray actors, gloo.
+Generation and training get disjoint cores (``--gen-cores``, ``--train-cores``), which models separate
+rollout and training devices; each side's host work shares its side's cores (the rollout executor and the
+queue with the engine; the driver and Ray's daemons with the training worker). Response lengths are
+long-tailed (lognormal), enforced per prompt through ``max_new_tokens`` with ``ignore_eos``, so a
+lock-step batch waits for its slowest sample.
 
 One invocation, one engine, one Ray session:
 
-* G, the generation-only rate: the rollout executor feeds the engine, nobody trains;
+* G, the generation-only rate: the rollout executor feeds the engine and nobody trains;
 * the synchronous baseline (``async_training.mode=sync``); its lock-step phases give T, the training-only
   rate (data always ready), and the lock-step generation rate with its long tail;
 * the fully-async run with the same task, model, data order and sample budget, and sweeps over
   ``staleness_threshold``, ``trigger_parameter_sync_step`` and ``partial_rollout``;
-* components: MessageQueue against ``ray.util.queue.Queue``, and weight sync against a raw gloo
+* components: the MessageQueue against ``ray.util.queue.Queue``, and weight sync against a raw gloo
   broadcast of the same bytes, for several model sizes.
 
 It prints a table and writes ``bench.json`` and PNG plots into ``--out``. BENCHMARKS.md explains the method.
@@ -28,6 +28,7 @@ It prints a table and writes ``bench.json`` and PNG plots into ``--out``. BENCHM
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -35,13 +36,14 @@ import pickle
 import signal
 import string
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,39 +51,17 @@ from typing import Any
 import numpy as np
 
 from rllm_fully_async.rollout import single_turn_chat
-from rllm_fully_async.trainer import FullyAsyncTrainer
 from rllm_fully_async.trajectory import Sample, TrajectoryGroup
 
-DATA_SOURCE = "bench_digits"
 # Sweep values; verl's published ablation varies the same keys.
 STALENESS_SWEEP = (0.0, 0.1, 0.3, 0.5, 1.0)
 TRIGGER_SWEEP = (1, 2, 4)
 SWEEPS = ("staleness", "trigger", "partial")
-# Model shapes for the weight-sync component: (hidden, layers, intermediate, heads, kv heads).
-WEIGHT_SYNC_SHAPES = (
-    (64, 2, 256, 4, 2),
-    (128, 4, 512, 4, 2),
-    (256, 4, 1024, 8, 4),
-    (512, 4, 2048, 8, 4),
-    (768, 8, 3072, 12, 4),
-)
-# Per-step metrics kept in bench.json (the trainer logs many more).
-STEP_KEYS = (
-    "reward/mean",
-    "async/batch_samples",
-    "async/batch_response_tokens",
-    "async/staleness_mean",
-    "async/staleness_max",
-    "async/partial_rollout_fraction",
-    "async/param_sync_pause_s",
-    "async/param_sync_transfer_s",
-    "async/param_sync_resume_s",
-    "async/param_sync_s",
-    "timing_s/old_log_prob",
-    "timing_s/update_actor",
-)
-
-
+# Weight-sync model shapes, 0.16M to 70M parameters: (hidden, layers, intermediate, heads, kv heads).
+WEIGHT_SYNC_SHAPES = ((64, 2, 256, 4, 2), (128, 4, 512, 4, 2), (256, 4, 1024, 8, 4), (512, 4, 2048, 8, 4),
+                      (768, 8, 3072, 12, 4))  # fmt: skip
+SYNC_METRICS = {"pause": "async/param_sync_pause_s", "transfer": "async/param_sync_transfer_s",
+                "resume": "async/param_sync_resume_s", "total": "async/param_sync_s"}  # fmt: skip
 _STARTED = time.monotonic()
 
 
@@ -94,28 +74,28 @@ def log(message: str) -> None:
 
 @dataclass
 class BenchSettings:
-    """What one benchmark invocation runs; every field is a command-line flag."""
+    """One benchmark invocation. Every field but the weight-sync shapes is a command-line flag."""
 
     out: str = "bench_results"
-    steps: int = 24
-    groups_per_step: int = 8
-    n: int = 8
-    max_concurrency: int = 64
-    length_median: float = 32.0
-    length_sigma: float = 1.0
+    steps: int = 24  # training steps per run
+    groups_per_step: int = 8  # prompts per step (ppo_mini_batch_size)
+    n: int = 8  # samples per prompt (rollout.n)
+    max_concurrency: int = 64  # samples in flight
+    length_median: float = 32.0  # lognormal response lengths (tokens) ...
+    length_sigma: float = 1.0  # ... and their tail weight
     length_min: int = 4
     length_max: int = 256
-    hidden_size: int = 64
-    num_layers: int = 2
-    staleness_threshold: float = 0.5
+    hidden_size: int = 128  # the toy model's width and depth
+    num_layers: int = 4
+    staleness_threshold: float = 0.5  # the fully-async run's settings
     trigger_parameter_sync_step: int = 4
     partial_rollout: bool = True
     sweeps: tuple[str, ...] = SWEEPS
     components: bool = True
     weight_sync_shapes: tuple[tuple[int, ...], ...] = WEIGHT_SYNC_SHAPES
-    gen_phase_batches: int = 8
-    gen_cores: tuple[int, ...] = ()
-    train_cores: tuple[int, ...] = ()
+    gen_phase_batches: int = 8  # batches generated to measure G
+    gen_cores: tuple[int, ...] = ()  # default: the first half of the available cores
+    train_cores: tuple[int, ...] = ()  # default: the second half
     seed: int = 1
     smoke: bool = False
 
@@ -125,27 +105,16 @@ class BenchSettings:
 
     @property
     def num_prompts(self) -> int:
-        """Rows in the dataset: the trained ones plus room for what async runs generate ahead."""
+        """Dataset rows: the trained ones plus room for what the async runs generate ahead."""
         ahead = math.ceil((1 + max(STALENESS_SWEEP)) * max(TRIGGER_SWEEP)) + 2
         return max(self.steps + ahead, self.gen_phase_batches + 4) * self.groups_per_step
 
 
 def smoke_settings(out: str) -> BenchSettings:
-    """The smallest run of every benchmark path but the weight-sync sizes, for CI: well under a minute."""
-    return BenchSettings(
-        out=out,
-        steps=2,
-        groups_per_step=2,
-        n=2,
-        max_concurrency=8,
-        length_median=4,
-        length_sigma=0.5,
-        length_max=8,
-        sweeps=(),
-        weight_sync_shapes=(),
-        gen_phase_batches=2,
-        smoke=True,
-    )
+    """Every path but the weight-sync sizes at the smallest sizes, for CI."""
+    return BenchSettings(out=out, steps=2, groups_per_step=2, n=2, max_concurrency=8, length_median=4,
+                         length_sigma=0.5, length_max=8, sweeps=(), weight_sync_shapes=(),
+                         gen_phase_batches=2, smoke=True)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ the task
@@ -153,40 +122,20 @@ def smoke_settings(out: str) -> BenchSettings:
 
 def long_tail_lengths(count: int, median: float, sigma: float, low: int, high: int, seed: int) -> list[int]:
     """Response lengths shaped like reasoning traces: lognormal (heavy right tail), clipped to [low, high]."""
-    rng = np.random.default_rng(seed)
-    raw = median * np.exp(sigma * rng.standard_normal(count))
+    raw = median * np.exp(sigma * np.random.default_rng(seed).standard_normal(count))
     return np.clip(np.round(raw), low, high).astype(int).tolist()
 
 
-def write_dataset(path: Path, lengths: Sequence[int]) -> None:
-    """verl-format parquet; each row carries its response length in ``extra_info.max_new_tokens``."""
-    import pandas as pd
-
-    rows = [
-        {
-            "data_source": DATA_SOURCE,
-            "prompt": [{"role": "user", "content": f"What is {i % 5}+{i // 5 % 5}? Answer with digits."}],
-            "reward_model": {"style": "rule", "ground_truth": str(i % 5 + i // 5 % 5)},
-            "extra_info": {"index": i, "max_new_tokens": int(length)},
-        }
-        for i, length in enumerate(lengths)
-    ]
-    pd.DataFrame(rows).to_parquet(path)
-
-
-def digit_fraction(
-    data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None
-) -> float:
+def digit_fraction(data_source: str, solution_str: str, ground_truth: str, extra_info: Any = None) -> float:
     """Reward: the fraction of response characters that are digits. Dense and quickly learnable, so a short
     run shows training progress; the benchmark measures speed, the reward only shows that learning happens."""
     return sum(c in string.digits for c in solution_str) / max(1, len(solution_str))
 
 
-async def long_tail_rollout(
-    client: Any, tokenizer: Any, *, sampling_params: dict, extra_info: dict, reward_fn: Any = None, **row: Any
-) -> Sample:
-    """The default single-turn rollout, generating exactly the row's ``max_new_tokens`` (``ignore_eos``) and
-    scored by :func:`digit_fraction` (the configured reward function is not used)."""
+async def long_tail_rollout(client: Any, tokenizer: Any, *, sampling_params: dict, extra_info: dict,
+                            reward_fn: Any = None, **row: Any) -> Sample:  # fmt: skip
+    """The default single-turn rollout, generating exactly the row's ``max_new_tokens`` (``ignore_eos``),
+    scored by :func:`digit_fraction` instead of the configured reward function."""
     params = {**sampling_params, "max_new_tokens": int(extra_info["max_new_tokens"]), "ignore_eos": True}
     return await single_turn_chat(
         client, tokenizer, sampling_params=params, extra_info=extra_info, reward_fn=digit_fraction, **row
@@ -200,39 +149,40 @@ class Task:
     lengths: list[int]
 
 
-def build_task(settings: BenchSettings) -> Task:
-    from rllm_fully_async import toy
-
-    root = Path(settings.out) / "task"
-    root.mkdir(parents=True, exist_ok=True)
-    model = toy.build(root / "model", seed=0, **_model_shape(settings.hidden_size, settings.num_layers))
-    lengths = long_tail_lengths(
-        settings.num_prompts,
-        settings.length_median,
-        settings.length_sigma,
-        settings.length_min,
-        settings.length_max,
-        settings.seed,
-    )
-    write_dataset(root / "train.parquet", lengths)
-    return Task(str(model), str(root / "train.parquet"), lengths)
-
-
-def _model_shape(
-    hidden: int,
-    layers: int,
-    intermediate: int | None = None,
-    heads: int | None = None,
-    kv_heads: int | None = None,
-) -> dict[str, int]:
+def model_shape(hidden: int, layers: int, intermediate: int = 0, heads: int = 0, kv_heads: int = 0) -> dict:
     heads = heads or max(4, hidden // 32)
     return {
         "hidden_size": hidden,
         "num_hidden_layers": layers,
-        "intermediate_size": intermediate or 4 * hidden,
         "num_attention_heads": heads,
+        "intermediate_size": intermediate or 4 * hidden,
         "num_key_value_heads": kv_heads or max(1, heads // 2),
     }
+
+
+def build_task(settings: BenchSettings) -> Task:
+    """The toy model at the chosen size and a verl-format dataset whose rows carry their response length."""
+    import pandas as pd
+
+    from rllm_fully_async import toy
+
+    root = Path(settings.out) / "task"
+    model = toy.build(root / "model", seed=0, **model_shape(settings.hidden_size, settings.num_layers))
+    s = settings
+    lengths = long_tail_lengths(
+        s.num_prompts, s.length_median, s.length_sigma, s.length_min, s.length_max, s.seed
+    )
+    rows = [
+        {
+            "data_source": "bench_digits",
+            "prompt": [{"role": "user", "content": f"What is {i % 5}+{i // 5 % 5}? Answer with digits."}],
+            "reward_model": {"style": "rule", "ground_truth": str(i % 5 + i // 5 % 5)},
+            "extra_info": {"index": i, "max_new_tokens": length},
+        }
+        for i, length in enumerate(lengths)
+    ]
+    pd.DataFrame(rows).to_parquet(root / "train.parquet")
+    return Task(str(model), str(root / "train.parquet"), lengths)
 
 
 # ------------------------------------------------------------------------------------------------ cores
@@ -250,16 +200,11 @@ class Placement:
         available = sorted(os.sched_getaffinity(0))
         if not gen and not train:
             if len(available) < 2:
-                raise SystemExit(
-                    "the benchmark needs at least 2 cores (one for generation, one for training)"
-                )
-            half = len(available) // 2
-            gen, train = available[:half], available[half:]
-        if set(gen) & set(train) or not gen or not train or not set(gen) | set(train) <= set(available):
-            raise SystemExit(
-                f"--gen-cores {list(gen)} and --train-cores {list(train)} must be non-empty, "
-                f"disjoint and within the cores available to this process {available}"
-            )
+                raise SystemExit("the benchmark needs 2 cores or more: one for generation, one for training")
+            gen, train = available[: len(available) // 2], available[len(available) // 2 :]
+        if not gen or not train or set(gen) & set(train) or not set(gen) | set(train) <= set(available):
+            raise SystemExit(f"--gen-cores {list(gen)} and --train-cores {list(train)} must be non-empty, "
+                             f"disjoint and among the cores this process may use, {available}")  # fmt: skip
         return cls(list(gen), list(train))
 
 
@@ -291,7 +236,7 @@ def pin_actors(actors: Sequence[Any], cores: Sequence[int]) -> list[int]:
 
 
 def cpu_times(pids: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
-    """Per role: CPU seconds used so far, and every thread's (run, run-queue wait) nanoseconds.
+    """Per role: CPU seconds used so far, and each thread's (run, run-queue wait) nanoseconds.
 
     The run-queue wait comes from the kernel (``/proc/<pid>/task/<tid>/schedstat``): time a thread was ready
     to run while its core was busy with something else, such as another user's process.
@@ -307,31 +252,24 @@ def cpu_times(pids: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
                 used += times.user + times.system
                 for tid in os.listdir(f"/proc/{pid}/task"):
                     with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                        run_ns, wait_ns = f.read().split()[:2]
-                    threads[tid] = (int(run_ns), int(wait_ns))
-            except (psutil.Error, OSError):  # the process or thread has ended
+                        threads[tid] = tuple(int(x) for x in f.read().split()[:2])
+            except (psutil.Error, OSError):  # the process or the thread has ended
                 pass
         out[role] = {"cpu_s": used, "threads": threads}
     return out
 
 
-def cpu_usage(
-    start: dict[str, dict[str, Any]], end: dict[str, dict[str, Any]], wall: float
-) -> dict[str, dict[str, float]]:
-    """Per role: cores used on average, and the share of its runnable time that the role's busiest thread
-    (the model or training loop) actually spent on a CPU; 1.0 means nothing else competed for its core."""
+def cpu_usage(start: dict[str, dict], end: dict[str, dict], wall: float) -> dict[str, dict[str, float]]:
+    """Per role: cores used on average, and the share of its runnable time that its busiest thread (the
+    model or training loop) spent on a CPU; 1.0 means that nothing else competed for its core."""
     out = {}
     for role, after in end.items():
         before = start.get(role, {"cpu_s": 0.0, "threads": {}})
-        deltas = [
-            (run - before["threads"].get(tid, (0, 0))[0], wait - before["threads"].get(tid, (0, 0))[1])
-            for tid, (run, wait) in after["threads"].items()
-        ]
+        deltas = [(run - before["threads"].get(tid, (0, 0))[0], wait - before["threads"].get(tid, (0, 0))[1])
+                  for tid, (run, wait) in after["threads"].items()]  # fmt: skip
         run, wait = max(deltas, default=(0, 0))
-        out[role] = {
-            "cores": (after["cpu_s"] - before["cpu_s"]) / wall,
-            "cpu_share_when_runnable": run / (run + wait) if run > 0 else 1.0,
-        }
+        out[role] = {"cores": (after["cpu_s"] - before["cpu_s"]) / wall,
+                     "cpu_share_when_runnable": run / (run + wait) if run > 0 else 1.0}  # fmt: skip
     return out
 
 
@@ -347,9 +285,9 @@ def _http(url: str, body: dict | None = None, timeout_s: float = 60.0) -> Any:
 
 
 class EngineMonitor:
-    """Samples the engine's work counters a few times a second: when it generated and how fast.
+    """Samples the engine's work counters five times a second: when it generated, and how fast.
 
-    Reading the counters (``/get_server_info``) costs the engine well under 1% of a core.
+    Reading them (``/get_server_info``) costs the engine well under 1% of a core.
     """
 
     def __init__(self, url: str, interval_s: float = 0.2) -> None:
@@ -358,10 +296,7 @@ class EngineMonitor:
         self.samples: list[tuple[float, int, int]] = []  # (time, forward passes, generated tokens)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="engine-monitor", daemon=True)
-
-    def start(self) -> EngineMonitor:
         self._thread.start()
-        return self
 
     def stop(self) -> None:
         self._stop.set()
@@ -376,22 +311,19 @@ class EngineMonitor:
             self.samples.append((time.time(), int(state["forward_passes"]), int(state["generated_tokens"])))
 
     def bins(self, start: float, end: float) -> list[tuple[float, float, bool, float]]:
-        """``(t0, t1, generating, tokens/s)`` for every sampling interval inside [start, end]."""
-        inside = [s for s in self.samples if start - self.interval_s <= s[0] <= end + self.interval_s]
-        return [
-            (t0, t1, f1 > f0, (g1 - g0) / (t1 - t0))
-            for (t0, f0, g0), (t1, f1, g1) in zip(inside, inside[1:], strict=False)
-            if t1 > t0
-        ]
+        """``(t0, t1, generating, tokens/s)`` for each sampling interval within [start, end]."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        pairs = zip(inside, inside[1:], strict=False)
+        return [(t0, t1, f1 > f0, (g1 - g0) / (t1 - t0)) for (t0, f0, g0), (t1, f1, g1) in pairs if t1 > t0]
 
     def busy_fraction(self, start: float, end: float) -> float:
-        bins = [b for b in self.bins(start, end) if b[0] >= start and b[1] <= end]
+        bins = self.bins(start, end)
         total = sum(t1 - t0 for t0, t1, _, _ in bins)
         return sum(t1 - t0 for t0, t1, busy, _ in bins if busy) / total if total else float("nan")
 
 
 class Engine:
-    """The embedded CPU engine, pinned to the generation cores and shared by every run of the benchmark."""
+    """The embedded CPU engine on the generation cores, shared by every run of one invocation."""
 
     def __init__(self, model_path: str, cores: Sequence[int]) -> None:
         from rllm_fully_async.cpu_engine import CpuEngineProcess
@@ -401,10 +333,16 @@ class Engine:
         self.url = self.process.url
         self.pid = self.process._proc.pid
         pin_threads(self.pid, cores)
-        self.monitor = EngineMonitor(self.url).start()
+        self.monitor = EngineMonitor(self.url)
+
+    @classmethod
+    def start_on(cls, cores: Sequence[int], model_path: str) -> Engine:
+        """Start from a thread pinned to ``cores``: the engine loads there while Ray starts elsewhere."""
+        os.sched_setaffinity(0, cores)  # this thread only; the engine process inherits it
+        return cls(model_path, cores)
 
     def reset(self, timeout_s: float = 120.0) -> None:
-        """Back to the initial weights and version 0 with nothing in flight, so every run starts alike."""
+        """Initial weights, version 0 and nothing in flight, so that every run starts alike."""
         _http(f"{self.url}/continue_generation", {})
         _http(f"{self.url}/abort_request", {"abort_all": True})
         deadline = time.monotonic() + timeout_s
@@ -424,118 +362,105 @@ class Engine:
 
 @dataclass
 class RunRecord:
-    """What the instrumented trainer saw: its spans (wait / train / sync), per-step metrics, CPU per role."""
+    """What the instrumented trainer saw: its spans (wait, train, sync), per-step metrics, CPU per role."""
 
     pids: dict[str, list[int]] = field(default_factory=dict)
     spans: list[tuple[str, int, float, float]] = field(default_factory=list)  # (kind, step, start, end)
     steps: list[dict[str, Any]] = field(default_factory=list)
     started: float = 0.0
     ended: float = 0.0
-    cpu_start: dict[str, dict[str, Any]] = field(default_factory=dict)
-    cpu_end: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cpu_start: dict[str, dict] = field(default_factory=dict)
+    cpu_end: dict[str, dict] = field(default_factory=dict)
 
 
-class TimedTrainer(FullyAsyncTrainer):
-    """The production trainer, recording when it waits for data, trains and syncs weights.
+@functools.cache
+def timed_trainer_class() -> type:
+    """The trainer class the benchmark runs; built on first use, so that importing this module (which the
+    rollout executor does for :func:`long_tail_rollout`) does not import verl's trainer."""
+    from rllm_fully_async.trainer import FullyAsyncTrainer
 
-    It also pins its processes: the training workers to the training cores, the rollout executor and
-    the queue to the generation cores (the driver already runs on the training cores).
-    """
+    class TimedTrainer(FullyAsyncTrainer):
+        """The production trainer, recording when it waits for data, trains and syncs weights.
 
-    def __init__(self, *args: Any, record: RunRecord, placement: Placement, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.record = record
-        record.pids.update(
-            {
-                "trainer worker": pin_actors(self.actor_rollout_wg.workers, placement.train_cores),
-                "rollout executor": pin_actors([self.executor], placement.gen_cores),
-                "message queue": pin_actors([self.queue], placement.gen_cores),
-                "driver": [os.getpid()],
-            }
-        )
+        It also pins its processes: the training workers to the training cores, the rollout executor and the
+        queue to the generation cores (the driver already runs on the training cores).
+        """
 
-    def fit(self):
-        self.record.cpu_start = cpu_times(self.record.pids)
-        self.record.started = time.time()
-        try:
-            return super().fit()
-        finally:
-            self.record.ended = time.time()
-            self.record.cpu_end = cpu_times(self.record.pids)
+        def __init__(self, *args: Any, record: RunRecord, placement: Placement, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.record = record
+            record.pids["trainer worker"] = pin_actors(self.actor_rollout_wg.workers, placement.train_cores)
+            record.pids["rollout executor"] = pin_actors([self.executor], placement.gen_cores)
+            record.pids["message queue"] = pin_actors([self.queue], placement.gen_cores)
+            record.pids["driver"] = [os.getpid()]
 
-    @contextmanager
-    def _span(self, kind: str):
-        start = time.time()
-        try:
-            yield
-        finally:
-            self.record.spans.append((kind, self.global_steps + (kind != "sync"), start, time.time()))
+        def fit(self):
+            self.record.cpu_start, self.record.started = cpu_times(self.record.pids), time.time()
+            try:
+                return super().fit()
+            finally:
+                self.record.cpu_end, self.record.ended = cpu_times(self.record.pids), time.time()
 
-    def _next_groups(self, run_ref):
-        with self._span("wait"):
-            return super()._next_groups(run_ref)
+        @contextmanager
+        def _span(self, kind: str):
+            start = time.time()
+            try:
+                yield
+            finally:  # a sync comes after global_steps counted its step; waiting and training before
+                self.record.spans.append((kind, self.global_steps + (kind != "sync"), start, time.time()))
 
-    def _train_step(self, groups):
-        with self._span("train"):
-            metrics = super()._train_step(groups)
-        self.record.steps.append(metrics)  # fit() adds the sync and pipeline metrics to this same dict
-        return metrics
+        def _next_groups(self, run_ref):
+            with self._span("wait"):
+                return super()._next_groups(run_ref)
 
-    def _sync_weights(self):
-        with self._span("sync"):
-            return super()._sync_weights()
+        def _train_step(self, groups):
+            with self._span("train"):
+                metrics = super()._train_step(groups)
+            self.record.steps.append(metrics)  # fit() adds the sync and pipeline metrics to this same dict
+            return metrics
+
+        def _sync_weights(self):
+            with self._span("sync"):
+                return super()._sync_weights()
+
+    return TimedTrainer
 
 
 def compose_config(
     settings: BenchSettings, task: Task, engine_url: str, label: str, overrides: Sequence[str]
 ):
-    """The CPU default config with the benchmark's task, the shared engine and ``overrides``."""
+    """The CPU default config with the benchmark's task and the shared engine, plus ``overrides``."""
     from hydra import compose, initialize_config_dir
 
     from rllm_fully_async.paths import config_dir
 
-    run_dir = Path(settings.out).resolve() / "runs" / label.replace("=", "_").replace(" ", "_")
+    name = "".join(c if c.isalnum() else "_" for c in label)
+    s = settings
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return compose(
-            "fully_async_ppo_cpu",
-            overrides=[
-                f"actor_rollout_ref.model.path={task.model_path}",
-                f"data.train_files={task.train_file}",
-                "data.val_files=null",
-                f"data.max_response_length={settings.length_max}",
-                f"data.seed={settings.seed}",
-                f"actor_rollout_ref.rollout.n={settings.n}",
-                f"actor_rollout_ref.actor.ppo_mini_batch_size={settings.groups_per_step}",
-                f"async_training.max_concurrency={settings.max_concurrency}",
-                "async_training.rollout_fn=rllm_fully_async.bench:long_tail_rollout",
-                f"rollout_servers.urls=[{engine_url}]",
-                f"trainer.total_training_steps={settings.steps}",
-                f"trainer.default_local_dir={run_dir}",
-                "trainer.resume_mode=disable",
-                "trainer.logger=[]",
-                f"trainer.experiment_name=bench_{label}",
-                *overrides,
-            ],
-        )
+        return compose("fully_async_ppo_cpu", overrides=[
+            f"actor_rollout_ref.model.path={task.model_path}", f"data.train_files={task.train_file}",
+            "data.val_files=null", f"data.max_response_length={s.length_max}", f"data.seed={s.seed}",
+            f"actor_rollout_ref.rollout.n={s.n}",
+            f"actor_rollout_ref.actor.ppo_mini_batch_size={s.groups_per_step}",
+            "actor_rollout_ref.actor.ppo_epochs=1", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=4096",
+            "trainer.total_epochs=1", "trainer.test_freq=-1",
+            f"async_training.max_concurrency={s.max_concurrency}",
+            "async_training.rollout_fn=rllm_fully_async.bench:long_tail_rollout",
+            f"rollout_servers.urls=[{engine_url}]", f"trainer.total_training_steps={s.steps}",
+            f"trainer.default_local_dir={Path(s.out).resolve() / 'runs' / name}",
+            "trainer.resume_mode=disable",
+            "trainer.logger=[]", f"trainer.experiment_name=bench_{name}", *overrides,
+        ])  # fmt: skip
 
 
 def async_overrides(staleness: float, trigger: int, partial_rollout: bool) -> list[str]:
-    return [
-        "async_training.mode=async",
-        f"async_training.staleness_threshold={staleness}",
-        f"async_training.trigger_parameter_sync_step={trigger}",
-        f"async_training.partial_rollout={partial_rollout}",
-    ]
+    return ["async_training.mode=async", f"async_training.staleness_threshold={staleness}",
+            f"async_training.trigger_parameter_sync_step={trigger}",
+            f"async_training.partial_rollout={partial_rollout}"]  # fmt: skip
 
 
-def run_pipeline(
-    settings: BenchSettings,
-    task: Task,
-    engine: Engine,
-    placement: Placement,
-    label: str,
-    overrides: Sequence[str],
-) -> dict[str, Any]:
+def run_pipeline(settings: BenchSettings, task: Task, engine: Engine, placement: Placement, label: str,
+                 overrides: Sequence[str]) -> dict[str, Any]:  # fmt: skip
     """One complete training run through ``rllm_fully_async.main.run``, instrumented."""
     from rllm_fully_async.main import run
 
@@ -544,118 +469,75 @@ def run_pipeline(
     record = RunRecord(pids={"engine": [engine.pid]})
     load_before = os.getloadavg()
     log(f"run {label} ...")
-    summary = run(cfg, trainer_factory=partial(TimedTrainer, record=record, placement=placement))
-    result = analyse_run(label, cfg, record, summary.final, engine.monitor, settings.samples_per_step)
+    trainer = partial(timed_trainer_class(), record=record, placement=placement)
+    summary = run(cfg, trainer_factory=trainer)
+    result = analyse_run(label, cfg.async_training, record, summary.final, engine.monitor)
     result["loadavg"] = {"before": load_before, "after": os.getloadavg()}
     log(f"run {label}: {result['samples_per_s']:.2f} samples/s")
     return result
 
 
-def _steps_of(record: RunRecord) -> list[dict[str, float]]:
-    """Per training step: when it ended, and how long it waited, trained and synced."""
+def analyse_run(label: str, a: Any, record: RunRecord, final: dict, monitor: EngineMonitor) -> dict[str, Any]:
+    """Throughput in the steady state (from the end of step 1, when the pipeline is full, to the end of the
+    last step), where the trainer's time went, and the pipeline's own accounting for one run."""
     steps: dict[int, dict[str, float]] = {}
     for kind, step, start, end in record.spans:
         entry = steps.setdefault(step, {"wait_s": 0.0, "train_s": 0.0, "sync_s": 0.0, "end": 0.0})
         entry[f"{kind}_s"] += end - start
         entry["end"] = max(entry["end"], end)
-    return [steps[k] for k in sorted(steps)]
-
-
-def analyse_run(
-    label: str,
-    cfg: Any,
-    record: RunRecord,
-    final: dict[str, Any],
-    monitor: EngineMonitor,
-    samples_per_step: int,
-) -> dict[str, Any]:
-    """Throughput (steady state: after the first step), where the trainer's time went, and the pipeline's
-    own accounting (idle ratios, syncs, queue latency, staleness) for one run."""
-    a = cfg.async_training
-    steps = _steps_of(record)
-    metrics = [{k: float(m[k]) for k in STEP_KEYS if k in m} for m in record.steps]
-    samples = [int(m["async/batch_samples"]) for m in metrics]
-    for entry, m in zip(steps, metrics, strict=True):
-        entry.update(samples=m["async/batch_samples"], reward=m["reward/mean"])
-    # Steady state: from the end of step 1 (the pipeline is full) to the end of the last step.
-    start, end = steps[0]["end"], steps[-1]["end"]
-    steady = steps[1:]
-    wall = end - start
-    waited = sum(s["wait_s"] for s in steady)
-    trained = sum(s["train_s"] for s in steady)
-    synced = sum(s["sync_s"] for s in steady)
-    syncs = [m for m in metrics if "async/param_sync_s" in m]
+    per_step = [steps[k] for k in sorted(steps)]
+    for entry, m in zip(per_step, record.steps, strict=True):
+        entry.update(samples=int(m["async/batch_samples"]), reward=float(m["reward/mean"]),
+                     tokens=int(m["async/batch_response_tokens"]))  # fmt: skip
+    start, end = per_step[0]["end"], per_step[-1]["end"]
+    steady, wall = per_step[1:], end - start
+    share = {kind: sum(s[f"{kind}_s"] for s in steady) / wall for kind in ("wait", "train", "sync")}
+    syncs = [m for m in record.steps if "async/param_sync_s" in m]
     staleness: dict[str, int] = {}
     for m in record.steps:
         for key, count in m.items():
             if key.startswith("async/staleness_hist/"):
-                bucket = key.rsplit("/", 1)[1]
-                staleness[bucket] = staleness.get(bucket, 0) + int(count)
-    fit_wall = record.ended - record.started
-    rewards = [m["reward/mean"] for m in metrics]
-    groups_done = max(1.0, float(final.get("rollout/groups_done", 0)))
+                staleness[key.rsplit("/", 1)[1]] = staleness.get(key.rsplit("/", 1)[1], 0) + int(count)
+    rewards = [s["reward"] for s in per_step]
     return {
-        "label": label,
-        "mode": a.mode,
-        "staleness_threshold": float(a.staleness_threshold),
+        "label": label, "mode": a.mode, "staleness_threshold": float(a.staleness_threshold),
         "trigger_parameter_sync_step": int(a.trigger_parameter_sync_step),
         "partial_rollout": bool(a.partial_rollout),
-        "steps": len(steps),
-        "samples_per_step": samples_per_step,
-        "samples_per_s": sum(samples[1:]) / wall if wall > 0 else float("nan"),
-        "samples_per_s_whole_run": sum(samples) / (end - record.started),
-        "steady_wall_s": wall,
-        "trainer_share": {
-            "waiting": waited / wall,
-            "training": trained / wall,
-            "syncing": synced / wall,
-            "other": 1 - (waited + trained + synced) / wall,
-        },
-        "trainer_idle_ratio": waited / wall,
-        "train_s_per_step": trained / len(steady),
-        "wait_s_per_step": waited / len(steady),
+        "steps": len(per_step), "samples_per_step": per_step[0]["samples"],
+        "samples_per_s": sum(s["samples"] for s in steady) / wall,
+        "samples_per_s_whole_run": sum(s["samples"] for s in per_step) / (end - record.started),
+        "response_tokens": sum(s["tokens"] for s in per_step), "steady_wall_s": wall,
+        "trainer_share": {"waiting": share["wait"], "training": share["train"], "syncing": share["sync"],
+                          "other": 1 - sum(share.values())},
+        "trainer_idle_ratio": share["wait"],
+        "train_s_per_step": share["train"] * wall / len(steady),
+        "wait_s_per_step": share["wait"] * wall / len(steady),
         "rollout_idle_ratio": final.get("rollout/idle_ratio"),
         "rollout_paused_s": final.get("rollout/paused_s"),
         "rollout_throttled_s": final.get("rollout/admission/throttled_s"),
-        "rollout_wall_s": final.get("rollout/wall_s"),
         "engine_busy_fraction": monitor.busy_fraction(start, end),
-        "param_sync": {
-            "count": len(syncs),
-            **{
-                f"{part}_s_mean": float(np.mean([m[f"async/param_sync_{part}_s"] for m in syncs]))
-                if syncs
-                else 0.0
-                for part in ("pause", "transfer", "resume")
-            },
-            "total_s_mean": float(np.mean([m["async/param_sync_s"] for m in syncs])) if syncs else 0.0,
-        },
-        "queue": {
-            "put_wait_s_mean": final.get("queue/put_wait_s_mean"),
-            "get_wait_s_mean": final.get("queue/get_wait_s_mean"),
-            "executor_put_s_mean": float(final.get("rollout/put_wait_s", 0.0)) / groups_done,
-            "max_depth": final.get("queue/max_depth"),
-        },
+        "param_sync": {"count": len(syncs), **{f"{part}_s_mean": float(np.mean([m[key] for m in syncs]))
+                                               if syncs else 0.0 for part, key in SYNC_METRICS.items()}},
+        "queue": {"put_wait_s_mean": final.get("queue/put_wait_s_mean"),
+                  "get_wait_s_mean": final.get("queue/get_wait_s_mean"),
+                  "executor_put_s_mean": final["rollout/put_wait_s"] / max(1, final["rollout/groups_done"]),
+                  "max_depth": final.get("queue/max_depth")},
         "staleness_hist": dict(sorted(staleness.items(), key=lambda kv: int(kv[0]))),
         "partial_rollout_fraction": final.get("rollout/partial_rollout_fraction"),
-        "reward_first": float(np.mean(rewards[:3])),
-        "reward_last": float(np.mean(rewards[-3:])),
-        "cpu": cpu_usage(record.cpu_start, record.cpu_end, fit_wall),
-        "per_step": steps,
-        "spans": [list(s) for s in record.spans],
-        "fit_started": record.started,
-    }
+        "reward_first": float(np.mean(rewards[:3])), "reward_last": float(np.mean(rewards[-3:])),
+        "cpu": cpu_usage(record.cpu_start, record.cpu_end, record.ended - record.started),
+        "per_step": per_step, "spans": [list(s) for s in record.spans], "fit_started": record.started,
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ G
 
 
-def measure_generation(
-    settings: BenchSettings, task: Task, engine: Engine, placement: Placement
-) -> dict[str, Any]:
-    """G: samples/s from the real rollout executor into the queue with nobody training.
+def measure_generation(settings: BenchSettings, task: Task, engine: Engine, placement: Placement) -> dict:
+    """G: samples/s from the real rollout executor into the queue, with nobody training.
 
     The admission budget is opened wide so that only the engine (and the executor's own work) limits the
-    rate; the steady window runs from the moment a tenth of the target has arrived.
+    rate; the steady window starts once a tenth of the target has arrived.
     """
     import ray
     from omegaconf import OmegaConf
@@ -664,30 +546,28 @@ def measure_generation(
     from rllm_fully_async.message_queue import MessageQueue
 
     target = settings.gen_phase_batches * settings.groups_per_step
-    wide = settings.num_prompts / settings.groups_per_step
-    cfg = compose_config(settings, task, engine.url, "generation_only", async_overrides(wide, 1, True))
+    wide = async_overrides(settings.num_prompts / settings.groups_per_step, 1, True)
+    cfg = compose_config(settings, task, engine.url, "generation_only", wide)
     engine.reset()
     log("generation-only phase ...")
     queue = MessageQueue.options(num_cpus=0).remote(settings.num_prompts)
-    executor = RolloutExecutor.options(num_cpus=0).remote(
-        OmegaConf.to_container(cfg, resolve=True), [engine.url], queue
-    )
+    config = OmegaConf.to_container(cfg, resolve=True)
+    executor = RolloutExecutor.options(num_cpus=0).remote(config, [engine.url], queue)
     pin_actors([executor, queue], placement.gen_cores)
     load_before = os.getloadavg()
+    cpu_start = cpu_times({"engine": [engine.pid]})
     run_ref = executor.run.remote()
-    series: list[tuple[float, int]] = []
-    cpu_start = None
+    series, steady_from = [(time.time(), 0)], 0
     deadline = time.monotonic() + 600
     try:
-        while not series or series[-1][1] < target:
-            ready, _ = ray.wait([run_ref], timeout=0.1)
-            if ready:
+        while series[-1][1] < target:
+            if ray.wait([run_ref], timeout=0.1)[0]:
                 ray.get(run_ref)
                 raise RuntimeError("the rollout executor finished before the generation-only target")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"generation-only phase: {target} groups not reached in 600 s")
             series.append((time.time(), ray.get(queue.counts.remote())["queued"]))
-            if cpu_start is None and series[-1][1] >= max(1, target // 10):
+            if not steady_from and target // 10 <= series[-1][1] < target and series[-1][1] > 0:
                 steady_from, cpu_start = len(series) - 1, cpu_times({"engine": [engine.pid]})
         cpu_end = cpu_times({"engine": [engine.pid]})
     finally:
@@ -697,14 +577,10 @@ def measure_generation(
     (t0, q0), (t1, q1) = series[steady_from], series[-1]
     rate = (q1 - q0) * settings.n / (t1 - t0)
     log(f"generation-only: {rate:.2f} samples/s")
-    return {
-        "samples_per_s": rate,
-        "groups": q1 - q0,
-        "window_s": t1 - t0,
-        "engine_busy_fraction": engine.monitor.busy_fraction(t0, t1),
-        "cpu": cpu_usage(cpu_start, cpu_end, t1 - t0),
-        "loadavg": {"before": load_before, "after": os.getloadavg()},
-    }
+    return {"samples_per_s": rate, "groups": q1 - q0, "window_s": t1 - t0,
+            "engine_busy_fraction": engine.monitor.busy_fraction(t0, t1),
+            "cpu": cpu_usage(cpu_start, cpu_end, t1 - t0),
+            "loadavg": {"before": load_before, "after": os.getloadavg()}}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ analysis
@@ -713,109 +589,83 @@ def measure_generation(
 def ideal_bounds(gen: dict[str, Any], sync: dict[str, Any], run: dict[str, Any]) -> dict[str, float]:
     """The overlap bound for ``run`` and the synchronous ideal, from rates measured in this invocation.
 
-    T (training-only rate, data always ready) is the batch over the lock-step run's training time plus the
+    T (training-only rate, data always ready) is a batch over the lock-step run's training time plus the
     run's own share of weight syncs (``sync_s / trigger``): a trainer that never waits still pays those.
     """
-    batch = sync["samples_per_step"]
-    g = gen["samples_per_s"]
-    train_s = sync["train_s_per_step"]
-    t_async = batch / (train_s + run["param_sync"]["total_s_mean"] / run["trigger_parameter_sync_step"])
+    batch, g, train_s = sync["samples_per_step"], gen["samples_per_s"], sync["train_s_per_step"]
+    t_run = batch / (train_s + run["param_sync"]["total_s_mean"] / run["trigger_parameter_sync_step"])
     t_sync = batch / (train_s + sync["param_sync"]["total_s_mean"])
-    g_batch = batch / sync["wait_s_per_step"]  # lock-step generation of one batch, long tail included
-    ideal_async = min(g, t_async)
-    # The bound assumes each side owns its cores. Where other processes took a share of them during the
-    # run (and not while G and T were measured), scale G and T by the CPU share each side actually got.
-    engine_share = (
-        run["cpu"]["engine"]["cpu_share_when_runnable"] / gen["cpu"]["engine"]["cpu_share_when_runnable"]
-    )
-    trainer_share = (
-        run["cpu"]["trainer worker"]["cpu_share_when_runnable"]
-        / sync["cpu"]["trainer worker"]["cpu_share_when_runnable"]
-    )
-    ideal_async_cpu = min(g * engine_share, t_async * trainer_share)
+    g_lockstep = batch / sync["wait_s_per_step"]  # one batch generated lock-step, its long tail included
+    ideal_async = min(g, t_run)
     ideal_sync = 1 / (1 / g + 1 / t_sync)
-    ideal_sync_tail = 1 / (1 / g_batch + 1 / t_sync)
+    ideal_sync_tail = 1 / (1 / g_lockstep + 1 / t_sync)
+    # The bound assumes each side owns its cores. Where other processes took a share of them during the run
+    # (more than while G and T were measured), scale G and T by the CPU share each side actually got.
+    engine = run["cpu"]["engine"]["cpu_share_when_runnable"] / gen["cpu"]["engine"]["cpu_share_when_runnable"]
+    trainer = (run["cpu"]["trainer worker"]["cpu_share_when_runnable"]
+               / sync["cpu"]["trainer worker"]["cpu_share_when_runnable"])  # fmt: skip
+    ideal_cpu = min(g * engine, t_run * trainer)
     return {
-        "G": g,
-        "G_lockstep": g_batch,
-        "long_tail_penalty": g / g_batch,
-        "T": t_async,
-        "T_sync": t_sync,
-        "ideal_async": ideal_async,
-        "ideal_sync": ideal_sync,
-        "ideal_sync_with_tail": ideal_sync_tail,
-        "ideal_speedup": ideal_async / ideal_sync,
-        "ideal_speedup_with_tail": ideal_async / ideal_sync_tail,
-        "overlap_efficiency": run["samples_per_s"] / ideal_async,
-        "cpu_share_engine_vs_isolated": engine_share,
-        "cpu_share_trainer_vs_isolated": trainer_share,
-        "ideal_async_cpu_adjusted": ideal_async_cpu,
-        "overlap_efficiency_cpu_adjusted": run["samples_per_s"] / ideal_async_cpu,
-        "sync_efficiency": sync["samples_per_s"] / ideal_sync_tail,
+        "G": g, "G_lockstep": g_lockstep, "long_tail_penalty": g / g_lockstep, "T": t_run, "T_sync": t_sync,
+        "ideal_async": ideal_async, "ideal_sync": ideal_sync, "ideal_sync_with_tail": ideal_sync_tail,
+        "ideal_speedup": ideal_async / ideal_sync, "ideal_speedup_with_tail": ideal_async / ideal_sync_tail,
         "speedup": run["samples_per_s"] / sync["samples_per_s"],
+        "overlap_efficiency": run["samples_per_s"] / ideal_async,
+        "sync_efficiency": sync["samples_per_s"] / ideal_sync_tail,
         "training_slowdown_under_overlap": run["train_s_per_step"] / train_s,
-    }
+        "cpu_share_engine_vs_isolated": engine, "cpu_share_trainer_vs_isolated": trainer,
+        "ideal_async_cpu_adjusted": ideal_cpu,
+        "overlap_efficiency_cpu_adjusted": run["samples_per_s"] / ideal_cpu,
+    }  # fmt: skip
 
 
 def check_bars(bounds: dict[str, float], run: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The targets: overlap efficiency >= 0.9, speedup within 10% of the ideal ratio, trainer idle < 10%
-    when generation keeps up (G >= T)."""
-    speedup_error = bounds["speedup"] / bounds["ideal_speedup_with_tail"] - 1
-    bars = {
-        "overlap_efficiency>=0.9": {
-            "value": bounds["overlap_efficiency"],
-            "pass": bounds["overlap_efficiency"] >= 0.9,
-        },
-        "speedup_within_10%_of_ideal": {"value": speedup_error, "pass": abs(speedup_error) <= 0.1},
-    }
+    """The targets: overlap efficiency >= 0.9; speedup within 10% of the ideal ratio (with the measured tail);
+    trainer idle under 10% where generation keeps up (G >= T)."""
+    error = bounds["speedup"] / bounds["ideal_speedup_with_tail"] - 1
+    bars = {"overlap_efficiency>=0.9": (bounds["overlap_efficiency"], bounds["overlap_efficiency"] >= 0.9),
+            "speedup_within_10%_of_ideal": (error, abs(error) <= 0.1)}  # fmt: skip
     if bounds["G"] >= bounds["T"]:
-        idle = run["trainer_idle_ratio"]
-        bars["trainer_idle<0.1_when_G>=T"] = {"value": idle, "pass": idle < 0.1}
-    return bars
+        bars["trainer_idle<0.1_as_G>=T"] = (run["trainer_idle_ratio"], run["trainer_idle_ratio"] < 0.1)
+    return {name: {"value": value, "pass": passed} for name, (value, passed) in bars.items()}
 
 
 # ------------------------------------------------------------------------------------------------ components
 
 
-def _bench_group(index: int, n: int, length: int) -> TrajectoryGroup:
+def _group(index: int, n: int, length: int) -> TrajectoryGroup:
     rng = np.random.default_rng(index)
-    samples = [
-        Sample(
-            prompt_ids=list(range(19)),
-            response_ids=rng.integers(0, 320, length).tolist(),
-            response_logprobs=(-rng.random(length)).tolist(),
-            reward=0.5,
-            finish_reason="length",
-            min_version=0,
-            max_version=0,
-        )
-        for _ in range(n)
-    ]
-    datum = {
-        "prompt": [{"role": "user", "content": "What is 1+2?"}],
-        "data_source": DATA_SOURCE,
-        "reward_model": {"ground_truth": "3"},
-        "extra_info": {"index": index, "max_new_tokens": length},
-    }
+    samples = [Sample(prompt_ids=list(range(19)), response_ids=rng.integers(0, 320, length).tolist(),
+                      response_logprobs=(-rng.random(length)).tolist(), reward=0.5, finish_reason="length",
+                      min_version=0, max_version=0) for _ in range(n)]  # fmt: skip
+    datum = {"prompt": [{"role": "user", "content": "What is 1+2?"}], "data_source": "bench_digits",
+             "extra_info": {"index": index, "max_new_tokens": length}}  # fmt: skip
     return TrajectoryGroup(uid=str(index), epoch=0, datum=datum, samples=samples, launch_version=0)
 
 
 def bench_queue(settings: BenchSettings, task: Task) -> dict[str, Any]:
-    """Groups through Ray: put (pipelined, as concurrent rollouts do) then get in training batches, for the
-    MessageQueue and for a plain ``ray.util.queue.Queue`` on the same groups."""
+    """Groups through Ray: put (pipelined, as concurrent rollouts do), then get in training batches; the
+    MessageQueue against a plain ``ray.util.queue.Queue`` on the same groups. Typical groups have the task's
+    lengths; large ones 4096 tokens per sample, where bytes rather than calls dominate."""
+    count = 32 if settings.smoke else 512
+    lengths = task.lengths[:count]
+    sizes = {"typical_groups": [_group(i, settings.n, length) for i, length in enumerate(lengths)]}
+    if not settings.smoke:
+        sizes["large_groups"] = [_group(i, settings.n, 4096) for i in range(count // 8)]
+    return {name: _queue_throughput(groups, settings.groups_per_step) for name, groups in sizes.items()}
+
+
+def _queue_throughput(groups: list[TrajectoryGroup], batch: int, window: int = 16) -> dict[str, Any]:
     import ray
     from ray.util.queue import Queue
 
     from rllm_fully_async.message_queue import MessageQueue
 
-    count = 32 if settings.smoke else 512
-    batch, window = settings.groups_per_step, 16
-    groups = [_bench_group(i, settings.n, task.lengths[i % len(task.lengths)]) for i in range(count)]
-    payloads = [pickle.dumps(g) for g in groups]
     start = time.perf_counter()
-    for g in groups:
-        pickle.loads(pickle.dumps(g))
-    serialize_s = (time.perf_counter() - start) / count
+    payloads = [pickle.dumps(g) for g in groups]
+    for payload in payloads:
+        pickle.loads(payload)
+    pickle_ms = (time.perf_counter() - start) / len(groups) * 1e3
     group_bytes = float(np.mean([len(p) for p in payloads]))
 
     def through(put, get) -> dict[str, float]:
@@ -825,33 +675,28 @@ def bench_queue(settings: BenchSettings, task: Task) -> dict[str, Any]:
             if len(pending) >= window:
                 ray.get(pending.pop(0))
         ray.get(pending)
-        put_s = time.perf_counter() - start
-        start = time.perf_counter()
-        for _ in range(count // batch):
+        put_s, start = time.perf_counter() - start, time.perf_counter()
+        for _ in range(len(groups) // batch):
             ray.get(get(batch))
         get_s = time.perf_counter() - start
-        rate = count / (put_s + get_s)
+        rate = len(groups) / (put_s + get_s)
         return {
             "groups_per_s": rate,
             "mb_per_s": rate * group_bytes / 1e6,
-            "put_ms": put_s / count * 1e3,
-            "get_batch_ms": get_s / (count // batch) * 1e3,
+            "put_ms": put_s / len(groups) * 1e3,
+            "get_batch_ms": get_s / (len(groups) // batch) * 1e3,
         }
 
-    queue = MessageQueue.options(num_cpus=0).remote(count)
+    queue = MessageQueue.options(num_cpus=0).remote(len(groups))
     ray.get([queue.register_drawn.remote(g.uid, g.epoch, g.datum) for g in groups])  # the ledger needs them
     ours = through(queue.put.remote, lambda k: queue.get_batch.remote(k, 0))
     ray.kill(queue)
-    plain = Queue(maxsize=count, actor_options={"num_cpus": 0})
+    plain = Queue(maxsize=len(groups), actor_options={"num_cpus": 0})
+    ray.get(plain.actor.qsize.remote())  # started before the clock runs, as the MessageQueue was
     baseline = through(plain.actor.put.remote, plain.actor.get_nowait_batch.remote)
     plain.shutdown()
-    return {
-        "groups": count,
-        "group_bytes": group_bytes,
-        "serialize_roundtrip_ms": serialize_s * 1e3,
-        "message_queue": ours,
-        "ray_queue": baseline,
-    }
+    return {"groups": len(groups), "group_bytes": group_bytes, "pickle_roundtrip_ms": pickle_ms,
+            "message_queue": ours, "ray_queue": baseline}  # fmt: skip
 
 
 def _gloo_receiver(port: int, nbytes: int, repeats: int, cores: list[int]) -> None:
@@ -860,7 +705,7 @@ def _gloo_receiver(port: int, nbytes: int, repeats: int, cores: list[int]) -> No
     from rllm_fully_async.weight_update_group import destroy_weight_update_group, init_weight_update_group
 
     pin_this_process(cores)
-    group = init_weight_update_group("127.0.0.1", port, 1, 2, "bench_raw", backend="gloo", timeout_s=120)
+    group = init_weight_update_group("127.0.0.1", port, 1, 2, "bench_raw", backend="gloo", timeout_s=60)
     buffer = torch.empty(nbytes, dtype=torch.uint8)
     for _ in range(repeats + 1):
         torch.distributed.broadcast(buffer, src=0, group=group)
@@ -869,8 +714,8 @@ def _gloo_receiver(port: int, nbytes: int, repeats: int, cores: list[int]) -> No
 
 
 def raw_gloo_broadcast_s(nbytes: int, placement: Placement, repeats: int = 3) -> float:
-    """Seconds per broadcast of one flat ``nbytes`` buffer to another process over gloo (the bandwidth bound)."""
-    import multiprocessing as mp
+    """Seconds per gloo broadcast of one flat ``nbytes`` buffer to another process: the bandwidth bound."""
+    import multiprocessing
     import socket
 
     import torch
@@ -880,12 +725,11 @@ def raw_gloo_broadcast_s(nbytes: int, placement: Placement, repeats: int = 3) ->
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    peer = mp.get_context("spawn").Process(
-        target=_gloo_receiver, args=(port, nbytes, repeats, placement.gen_cores)
-    )
+    args = (port, nbytes, repeats, placement.gen_cores)
+    peer = multiprocessing.get_context("spawn").Process(target=_gloo_receiver, args=args)
     peer.start()
     try:
-        group = init_weight_update_group("127.0.0.1", port, 0, 2, "bench_raw", backend="gloo", timeout_s=120)
+        group = init_weight_update_group("127.0.0.1", port, 0, 2, "bench_raw", backend="gloo", timeout_s=60)
         buffer = torch.zeros(nbytes, dtype=torch.uint8)
         torch.distributed.broadcast(buffer, src=0, group=group)  # warm-up
         start = time.perf_counter()
@@ -902,143 +746,61 @@ def raw_gloo_broadcast_s(nbytes: int, placement: Placement, repeats: int = 3) ->
 
 
 def bench_weight_sync(settings: BenchSettings, placement: Placement) -> dict[str, Any]:
-    """ParamSync (the production path: FSDP worker -> gloo -> engine) against the raw bound, per model size."""
+    """ParamSync, the production path (FSDP worker, gloo, engine), against the raw bound, per model size."""
+    from rllm_fully_async import toy
+
+    rows = []
+    for shape in settings.weight_sync_shapes:
+        with tempfile.TemporaryDirectory(prefix="bench_weights_") as tmp:
+            row = _weight_sync_row(toy.build(tmp, seed=0, **model_shape(*shape)), placement)
+        rows.append({"shape": list(shape), **row})
+        log(f"weight sync, {row['params'] / 1e6:.2f}M params: {row['transfer_s']:.3f}s "
+            f"(raw gloo {row['raw_gloo_s']:.3f}s)")  # fmt: skip
+    return {"backend": "gloo", "sizes": rows,
+            "nccl": "GPU-only: not measured without a CUDA device (on GPUs ParamSync uses NCCL)"}  # fmt: skip
+
+
+def _weight_sync_row(model: Path, placement: Placement) -> dict[str, Any]:
+    """Three syncs of one model through ParamSync, and the raw broadcast of the same bytes."""
     from hydra import compose, initialize_config_dir
 
-    from rllm_fully_async import toy
     from rllm_fully_async.param_sync import ClientGate, ParamSync
     from rllm_fully_async.paths import config_dir
     from rllm_fully_async.workers import create_actor_worker_group, shutdown_worker_group
 
-    rows = []
-    for shape in settings.weight_sync_shapes:
-        model = toy.build(
-            Path(settings.out) / "weight_sync_models" / "x".join(map(str, shape)),
-            seed=0,
-            **_model_shape(*shape),
-        )
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            cfg = compose(
-                "fully_async_ppo_cpu",
-                overrides=[
-                    f"actor_rollout_ref.model.path={model}",
-                    "actor_rollout_ref.actor.optim.total_training_steps=1",
-                ],
-            )
-        engine = Engine(str(model), placement.gen_cores)
-        wg = gate = sync = None
-        try:
-            wg = create_actor_worker_group(cfg, role="actor", num_workers=1)
-            wg.init_model()
-            pin_actors(wg.workers, placement.train_cores)
-            gate = ClientGate([engine.url])
-            sync = ParamSync(
-                wg,
-                [engine.url],
-                gate,
-                backend="gloo",
-                bucket_size_mb=cfg.async_training.weight_sync_bucket_mb,
-                timeout_s=300,
-            )
-            sync.init_group()
-            stats = [sync.sync(version) for version in (1, 2, 3)]
-        finally:
-            if sync is not None:
-                sync.close()
-            if gate is not None:
-                gate.close()
-            if wg is not None:
-                shutdown_worker_group(wg)
-            engine.stop()
-        nbytes = stats[-1].bytes
-        transfer = float(np.median([s.transfer_s for s in stats]))
-        raw = raw_gloo_broadcast_s(nbytes, placement)
-        params = nbytes / 4  # float32
-        rows.append(
-            {
-                "shape": list(shape),
-                "params": params,
-                "bytes": nbytes,
-                "transfer_s": transfer,
-                "total_s": float(np.median([s.total_s for s in stats])),
-                "pause_s": float(np.median([s.pause_s for s in stats])),
-                "resume_s": float(np.median([s.resume_s for s in stats])),
-                "raw_gloo_s": raw,
-                "raw_gloo_gb_per_s": nbytes / raw / 1e9,
-                "fraction_of_bound": raw / transfer,
-            }
-        )
-        log(f"weight sync {params / 1e6:.2f}M params: transfer {transfer:.3f}s, raw gloo {raw:.3f}s")
-    return {
-        "backend": "gloo",
-        "sizes": rows,
-        "nccl": "GPU-only; not measured (no CUDA device here). On a GPU machine ParamSync uses NCCL.",
-    }
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        overrides = [
+            f"actor_rollout_ref.model.path={model}",
+            "actor_rollout_ref.actor.optim.total_training_steps=1",
+        ]
+        cfg = compose("fully_async_ppo_cpu", overrides=overrides)
+    engine = Engine(str(model), placement.gen_cores)
+    wg = gate = sync = None
+    try:
+        wg = create_actor_worker_group(cfg, role="actor", num_workers=1)
+        wg.init_model()
+        pin_actors(wg.workers, placement.train_cores)
+        gate = ClientGate([engine.url])
+        bucket_mb = cfg.async_training.weight_sync_bucket_mb
+        sync = ParamSync(wg, [engine.url], gate, backend="gloo", bucket_size_mb=bucket_mb, timeout_s=300)
+        sync.init_group()
+        stats = [sync.sync(version) for version in (1, 2, 3)]
+    finally:
+        for closable in (sync, gate):
+            if closable is not None:
+                closable.close()
+        if wg is not None:
+            shutdown_worker_group(wg)
+        engine.stop()
+    nbytes = stats[-1].bytes
+    row = {f"{part}_s": float(np.median([getattr(s, f"{part}_s") for s in stats]))
+           for part in ("pause", "transfer", "resume", "total")}  # fmt: skip
+    raw = raw_gloo_broadcast_s(nbytes, placement)
+    row.update(params=nbytes / 4, bytes=nbytes, raw_gloo_s=raw, raw_gloo_gb_per_s=nbytes / raw / 1e9)
+    return {**row, "fraction_of_bound": raw / row["transfer_s"]}
 
 
 # ------------------------------------------------------------------------------------------------ report
-
-
-def render_table(result: dict[str, Any]) -> str:
-    b = result["bounds"]
-    runs = result["runs"]
-    lines = [
-        "",
-        "=== rllm_fully_async benchmark ===",
-        f"machine: {result['machine']['cpus']} cores, gen cores {result['placement']['gen_cores']}, train cores "
-        f"{result['placement']['train_cores']}, load avg at start {result['machine']['loadavg_start']}",
-        f"G  generation-only       {b['G']:8.2f} samples/s   (lock-step with long tail {b['G_lockstep']:.2f}: "
-        f"penalty x{b['long_tail_penalty']:.2f})",
-        f"T  training-only         {b['T']:8.2f} samples/s   (sync baseline, weight sync every step: {b['T_sync']:.2f})",
-        f"ideal fully-async  min(G,T)        {b['ideal_async']:8.2f}",
-        f"ideal synchronous  1/(1/G+1/T)     {b['ideal_sync']:8.2f}   with measured tail {b['ideal_sync_with_tail']:.2f}",
-        f"sync  measured                     {runs['sync']['samples_per_s']:8.2f} samples/s",
-        f"async measured                     {runs['async']['samples_per_s']:8.2f} samples/s",
-        f"speedup async/sync                 {b['speedup']:8.2f}   ideal {b['ideal_speedup']:.2f} "
-        f"(with tail {b['ideal_speedup_with_tail']:.2f})",
-        f"overlap efficiency async/min(G,T)  {b['overlap_efficiency']:8.3f}   (adjusted for CPU taken by other "
-        f"processes: {b['overlap_efficiency_cpu_adjusted']:.3f})",
-        "",
-        "where the time goes (steady state)",
-        _where_table(runs),
-        "",
-    ]
-    sweeps = result.get("sweeps") or {}
-    if sweeps:
-        lines.append(f"{'sweep':<22}{'samples/s':>10}{'eff.':>7}{'idle':>7}{'stale':>7}{'reward':>15}")
-        for name, labels in sweeps.items():
-            for label in labels:
-                r = runs[label]
-                stale = _mean_staleness(r["staleness_hist"])
-                lines.append(
-                    f"{label:<22}{r['samples_per_s']:>10.2f}{r['overlap_efficiency']:>7.2f}"
-                    f"{r['trainer_idle_ratio']:>7.2f}{stale:>7.2f}"
-                    f"{r['reward_first']:>7.3f}->{r['reward_last']:.3f}"
-                )
-        lines.append("")
-    comp = result.get("components") or {}
-    if "queue" in comp:
-        q = comp["queue"]
-        lines.append(
-            f"queue ({q['group_bytes'] / 1e3:.1f} KB/group, pickle round trip {q['serialize_roundtrip_ms']:.3f} ms): "
-            f"MessageQueue {q['message_queue']['groups_per_s']:.0f} groups/s "
-            f"({q['message_queue']['mb_per_s']:.1f} MB/s), ray Queue {q['ray_queue']['groups_per_s']:.0f} "
-            f"groups/s ({q['ray_queue']['mb_per_s']:.1f} MB/s)"
-        )
-    if "weight_sync" in comp:
-        lines.append("weight sync (gloo): params  transfer_s  raw_gloo_s  fraction_of_bound")
-        for row in comp["weight_sync"]["sizes"]:
-            lines.append(
-                f"   {row['params'] / 1e6:10.2f}M {row['transfer_s']:10.3f} {row['raw_gloo_s']:11.3f} "
-                f"{row['fraction_of_bound']:10.2f}"
-            )
-    lines.append(
-        "bars: "
-        + ", ".join(
-            f"{k} {'PASS' if v['pass'] else 'FAIL'} ({v['value']:.3f})" for k, v in result["bars"].items()
-        )
-    )
-    return "\n".join(lines)
 
 
 def _mean_staleness(hist: dict[str, int]) -> float:
@@ -1046,27 +808,72 @@ def _mean_staleness(hist: dict[str, int]) -> float:
     return sum(int(k) * v for k, v in hist.items()) / total if total else 0.0
 
 
-def _where_table(runs: dict[str, Any]) -> str:
-    rows = [
-        f"{'':<8}{'trainer wait':>13}{'train':>7}{'sync':>6}{'other':>7}{'rollout idle':>13}{'engine busy':>12}"
-        f"{'sync pause/xfer/resume s':>26}{'queue put/get s':>17}"
-    ]
-    for name in ("sync", "async"):
-        r = runs[name]
-        s, p, q = r["trainer_share"], r["param_sync"], r["queue"]
-        rows.append(
-            f"{name:<8}{s['waiting']:>13.3f}{s['training']:>7.3f}{s['syncing']:>6.3f}{s['other']:>7.3f}"
-            f"{r['rollout_idle_ratio']:>13.3f}{r['engine_busy_fraction']:>12.3f}"
-            f"{p['pause_s_mean']:>10.3f}/{p['transfer_s_mean']:.3f}/{p['resume_s_mean']:.3f}"
-            f"{q['executor_put_s_mean']:>10.4f}/{q['get_wait_s_mean']:.3f}"
-        )
-    for name in ("sync", "async"):
-        cpu = runs[name]["cpu"]
-        rows.append(
-            f"{name} CPU, cores used (share of runnable time on a CPU): "
-            + ", ".join(f"{k} {v['cores']:.2f} ({v['cpu_share_when_runnable']:.0%})" for k, v in cpu.items())
-        )
-    return "\n".join(rows)
+WHERE_ROWS = (  # (label, value of a run, format)
+    ("trainer waiting for data", lambda r: r["trainer_share"]["waiting"], "{:.3f}"),
+    ("trainer training", lambda r: r["trainer_share"]["training"], "{:.3f}"),
+    ("trainer syncing weights", lambda r: r["trainer_share"]["syncing"], "{:.3f}"),
+    ("rollout idle (paused or throttled)", lambda r: r["rollout_idle_ratio"], "{:.3f}"),
+    ("engine generating", lambda r: r["engine_busy_fraction"], "{:.3f}"),
+    ("weight sync: pause s", lambda r: r["param_sync"]["pause_s_mean"], "{:.3f}"),
+    ("weight sync: transfer s", lambda r: r["param_sync"]["transfer_s_mean"], "{:.3f}"),
+    ("weight sync: resume s", lambda r: r["param_sync"]["resume_s_mean"], "{:.3f}"),
+    ("queue put s (executor side)", lambda r: r["queue"]["executor_put_s_mean"], "{:.4f}"),
+    ("queue get_batch wait s", lambda r: r["queue"]["get_wait_s_mean"], "{:.3f}"),
+    ("mean staleness", lambda r: _mean_staleness(r["staleness_hist"]), "{:.2f}"),
+    (
+        "trainer CPU share when runnable",
+        lambda r: r["cpu"]["trainer worker"]["cpu_share_when_runnable"],
+        "{:.2f}",
+    ),
+    ("engine CPU share when runnable", lambda r: r["cpu"]["engine"]["cpu_share_when_runnable"], "{:.2f}"),
+)
+
+
+def render_table(result: dict[str, Any]) -> str:
+    """The summary: rates and bounds, where the time went, sweeps, components, bars."""
+    b, runs, m, p = result["bounds"], result["runs"], result["machine"], result["placement"]
+    sync, run = runs["sync"], runs["async"]
+    lines = [
+        "", "=== rllm_fully_async benchmark ===",
+        f"{m['cpus']} cores: generation {p['gen_cores']}, training {p['train_cores']}; "
+        f"load average {m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at the end",
+        f"G  generation only        {b['G']:7.2f} samples/s  (lock-step, long tail: {b['G_lockstep']:.2f})",
+        f"T  training only          {b['T']:7.2f} samples/s  (weight sync every step: {b['T_sync']:.2f})",
+        f"ideal async  min(G,T)     {b['ideal_async']:7.2f}",
+        f"ideal sync   1/(1/G+1/T)  {b['ideal_sync']:7.2f}   (with tail: {b['ideal_sync_with_tail']:.2f})",
+        f"sync  measured            {sync['samples_per_s']:7.2f} samples/s",
+        f"async measured            {run['samples_per_s']:7.2f} samples/s",
+        f"speedup async/sync        {b['speedup']:7.2f}   ideal {b['ideal_speedup']:.2f}, with the "
+        f"measured tail {b['ideal_speedup_with_tail']:.2f}",
+        f"overlap efficiency        {b['overlap_efficiency']:7.3f}   async / min(G,T); corrected for the "
+        f"CPU other processes took: {b['overlap_efficiency_cpu_adjusted']:.3f}",
+        "", f"{'where the time goes (steady state)':<38}{'sync':>6}{'async':>9}",
+        *(f"  {name:<36}{fmt.format(f(sync)):>6} {fmt.format(f(run)):>8}" for name, f, fmt in WHERE_ROWS),
+        f"  staleness histogram (async): {run['staleness_hist']}",
+    ]  # fmt: skip
+    if result.get("sweeps"):
+        lines += ["", f"{'sweep run':<20}{'samples/s':>10}{'overlap eff':>12}{'trainer idle':>13}"
+                      f"{'staleness':>10}{'reward first -> last':>22}"]  # fmt: skip
+        for label in dict.fromkeys(label for labels in result["sweeps"].values() for label in labels):
+            r = runs[label]
+            lines.append(f"{label:<20}{r['samples_per_s']:>10.2f}{r['overlap_efficiency']:>12.3f}"
+                         f"{r['trainer_idle_ratio']:>13.3f}{_mean_staleness(r['staleness_hist']):>10.2f}"
+                         f"{r['reward_first']:>14.3f} -> {r['reward_last']:.3f}")  # fmt: skip
+    comp = result.get("components") or {}
+    for size, q in (comp.get("queue") or {}).items():
+        ours, plain = q["message_queue"], q["ray_queue"]
+        lines.append(f"queue, {size} ({q['group_bytes'] / 1e3:.1f} KB, pickle round trip "
+                     f"{q['pickle_roundtrip_ms']:.2f} ms): MessageQueue {ours['groups_per_s']:.0f} groups/s, "
+                     f"{ours['mb_per_s']:.1f} MB/s; ray Queue {plain['groups_per_s']:.0f} groups/s, "
+                     f"{plain['mb_per_s']:.1f} MB/s")  # fmt: skip
+    if comp.get("weight_sync"):
+        lines.append("weight sync (gloo)     params  transfer s  raw gloo s  fraction of bound")
+        lines += [f"{row['params'] / 1e6:26.2f}M {row['transfer_s']:11.3f} {row['raw_gloo_s']:11.3f} "
+                  f"{row['fraction_of_bound']:18.2f}" for row in comp["weight_sync"]["sizes"]]  # fmt: skip
+    bars = ", ".join(
+        f"{k} {'PASS' if v['pass'] else 'FAIL'} ({v['value']:.3f})" for k, v in result["bars"].items()
+    )
+    return "\n".join([*lines, "", f"bars: {bars}"])
 
 
 def plot(result: dict[str, Any], out: Path) -> list[str]:
@@ -1078,88 +885,86 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     written = [_plot_timeline(result, out, plt)]
     if result.get("sweeps"):
         written.append(_plot_sweeps(result, out, plt))
+    if (result.get("components") or {}).get("weight_sync"):
+        written.append(_plot_weight_sync(result, out, plt))
     return written
 
 
 def _plot_timeline(result: dict[str, Any], out: Path, plt) -> str:
-    colors = {"wait": "#d9d9d9", "train": "#1f77b4", "sync": "#d62728"}
+    colors = {"wait": "#d9d9d9", "train": "#1f77b4", "sync": "#d62728", "engine": "#2ca02c"}
     fig, axes = plt.subplots(2, 1, figsize=(10, 4.2), sharex=True)
     for ax, name in zip(axes, ("sync", "async"), strict=True):
         run = result["runs"][name]
         t0 = run["fit_started"]
         for kind, _step, start, end in run["spans"]:
             ax.broken_barh([(start - t0, end - start)], (1.1, 0.8), color=colors[kind])
-        for b0, b1, busy, _tps in run["engine_bins"]:
-            ax.broken_barh([(b0 - t0, b1 - b0)], (0.1, 0.8), color="#2ca02c" if busy else "#f0f0f0")
+        for b0, b1, busy, _tokens_per_s in run["engine_bins"]:
+            ax.broken_barh([(b0 - t0, b1 - b0)], (0.1, 0.8), color=colors["engine"] if busy else "#f4f4f4")
         ax.set_yticks([0.5, 1.5], ["engine", "trainer"])
         ax.set_ylim(0, 2)
-        ax.set_title(
-            f"{name}: {run['samples_per_s']:.1f} samples/s, trainer waiting {run['trainer_idle_ratio']:.0%}, "
-            f"engine busy {run['engine_busy_fraction']:.0%}",
-            fontsize=9,
-        )
+        ax.set_title(f"{name}: {run['samples_per_s']:.1f} samples/s; the trainer waits "
+                     f"{run['trainer_idle_ratio']:.0%} of the time, the engine generates "
+                     f"{run['engine_busy_fraction']:.0%}", fontsize=9)  # fmt: skip
     axes[-1].set_xlabel("seconds since training started")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in (*colors.values(), "#2ca02c")]
-    fig.legend(
-        handles,
-        ["trainer waits for data", "trainer trains", "weight sync", "engine generates"],
-        loc="lower center",
-        ncol=4,
-        fontsize=8,
-        frameon=False,
-    )
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    labels = ["trainer waits for data", "trainer trains", "weight sync", "engine generates"]
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    path = out / "timeline.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return str(path)
+    return _save(fig, out / "timeline.png", plt)
 
 
 def _plot_sweeps(result: dict[str, Any], out: Path, plt) -> str:
-    sweeps = result["sweeps"]
-    runs, bounds = result["runs"], result["bounds"]
+    runs, bounds, sweeps = result["runs"], result["bounds"], result["sweeps"]
+    names = {"staleness": "staleness_threshold", "trigger": "trigger_parameter_sync_step",
+             "partial": "partial_rollout"}  # fmt: skip
     fig, axes = plt.subplots(1, len(sweeps), figsize=(4 * len(sweeps), 3.4), squeeze=False)
     for ax, (name, labels) in zip(axes[0], sweeps.items(), strict=True):
-        xs = [_sweep_x(runs[label], name) for label in labels]
-        ys = [runs[label]["samples_per_s"] for label in labels]
-        ax.bar(range(len(xs)), ys, color="#1f77b4")
-        ax.axhline(bounds["ideal_async"], color="#2ca02c", ls="--", lw=1, label="ideal async min(G,T)")
-        ax.axhline(runs["sync"]["samples_per_s"], color="#d62728", ls=":", lw=1.5, label="sync measured")
-        ax.set_xticks(range(len(xs)), xs)
-        ax.set_xlabel(
-            {
-                "staleness": "staleness_threshold",
-                "trigger": "trigger_parameter_sync_step",
-                "partial": "partial_rollout",
-            }[name]
-        )
+        xs = range(len(labels))
+        ax.bar(xs, [runs[label]["samples_per_s"] for label in labels], color="#1f77b4")
+        ax.axhline(bounds["ideal_async"], color="#2ca02c", ls="--", lw=1, label="ideal async, min(G,T)")
+        ax.axhline(runs["sync"]["samples_per_s"], color="#d62728", ls=":", lw=1.5, label="sync, measured")
+        ax.set_xticks(xs, [label.split("=")[1] for label in labels])
+        ax.set_xlabel(names[name])
         ax.set_ylabel("samples/s (steady state)")
         twin = ax.twinx()
-        twin.plot(range(len(xs)), [runs[label]["reward_last"] for label in labels], "o-", color="#ff7f0e")
+        rewards = [runs[label]["reward_last"] for label in labels]
+        twin.plot(xs, rewards, "o-", color="#ff7f0e")
+        twin.set_ylim(0, max(0.1, 1.3 * max(rewards)))
         twin.set_ylabel("final reward", color="#ff7f0e")
-        twin.set_ylim(0, 1)
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle("throughput (bars) and final reward (line) vs async settings", fontsize=10)
+    axes[0][0].legend(fontsize=7, loc="lower left", framealpha=0.9)
+    fig.suptitle("throughput (bars) and final reward (line) against the fully-async settings", fontsize=10)
     fig.tight_layout()
-    path = out / "throughput_vs_staleness.png"
+    return _save(fig, out / "throughput_vs_staleness.png", plt)
+
+
+def _plot_weight_sync(result: dict[str, Any], out: Path, plt) -> str:
+    rows = result["components"]["weight_sync"]["sizes"]
+    mb = [row["bytes"] / 1e6 for row in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.loglog(mb, [row["transfer_s"] for row in rows], "o-", label="ParamSync transfer (worker -> engine)")
+    ax.loglog(
+        mb, [row["total_s"] for row in rows], "s--", label="ParamSync total (pause + transfer + resume)"
+    )
+    ax.loglog(mb, [row["raw_gloo_s"] for row in rows], "^:", label="raw gloo broadcast of the same bytes")
+    ax.set_xlabel("weights (MB, float32)")
+    ax.set_ylabel("seconds per sync")
+    ax.set_title("weight sync over gloo against model size", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / "weight_sync.png", plt)
+
+
+def _save(fig, path: Path, plt) -> str:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return str(path)
-
-
-def _sweep_x(run: dict[str, Any], name: str) -> str:
-    if name == "staleness":
-        return f"{run['staleness_threshold']:g}"
-    if name == "trigger":
-        return str(run["trigger_parameter_sync_step"])
-    return "on" if run["partial_rollout"] else "off"
 
 
 # ------------------------------------------------------------------------------------------------ main
 
 
 def sweep_plan(settings: BenchSettings) -> dict[str, list[tuple[str, float, int, bool]]]:
-    """Sweep name -> runs ``(label, staleness, trigger, partial)``; each varies one key from the default."""
+    """Sweep name -> runs ``(label, staleness, trigger, partial)``, each varying one key from the default."""
     s, k, p = settings.staleness_threshold, settings.trigger_parameter_sync_step, settings.partial_rollout
     plan = {
         "staleness": [(f"staleness={x:g}", x, k, p) for x in STALENESS_SWEEP],
@@ -1170,82 +975,54 @@ def sweep_plan(settings: BenchSettings) -> dict[str, list[tuple[str, float, int,
 
 
 def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
-    """Everything, in one Ray session with one engine; returns the result that goes into bench.json."""
+    """Everything, in one Ray session with one engine; returns what goes into bench.json."""
     import ray
 
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
     placement = Placement.choose(settings.gen_cores, settings.train_cores)
     loadavg_start = os.getloadavg()
     task = build_task(settings)
-    # Ray's daemons and every actor start from this process's mask: the training cores. The engine is moved
-    # to the generation cores at once, the executor and the queue when they exist. Both start together.
+    # Ray's daemons and every actor inherit this process's mask, the training cores; the engine starts on
+    # the generation cores meanwhile, and the executor and the queue move there when they exist.
     pin_this_process(placement.train_cores)
     with ThreadPoolExecutor(1) as pool:
-        starting = pool.submit(Engine, task.model_path, placement.gen_cores)
-        ray.init(
-            num_cpus=max(4, len(placement.train_cores)),
-            include_dashboard=False,
-            log_to_driver=False,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
-        )
+        starting = pool.submit(Engine.start_on, placement.gen_cores, task.model_path)
+        ray.init(num_cpus=max(4, len(placement.train_cores)), include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})  # fmt: skip
         engine = starting.result()
-    log(f"engine at {engine.url} and ray up")
+    log(f"engine at {engine.url}, ray up")
     result: dict[str, Any] = {
-        "settings": {**asdict(settings), "sweeps": list(settings.sweeps)},
+        "settings": asdict(settings), "placement": asdict(placement),
         "machine": {"cpus": os.cpu_count(), "loadavg_start": loadavg_start, "python": sys.version.split()[0]},
-        "placement": asdict(placement),
-        "task": {
-            "lengths_mean": float(np.mean(task.lengths)),
-            "lengths_p50": float(np.median(task.lengths)),
-            "lengths_p90": float(np.percentile(task.lengths, 90)),
-            "lengths_max": max(task.lengths),
-        },
-        "runs": {},
-    }
+        "task": {"response_length_mean": float(np.mean(task.lengths)), "p50": float(np.median(task.lengths)),
+                 "p90": float(np.percentile(task.lengths, 90)), "max": max(task.lengths)},
+        "runs": {}, "sweeps": {}, "components": {},
+    }  # fmt: skip
+    runs = result["runs"]
     try:
         result["generation_only"] = measure_generation(settings, task, engine, placement)
-        runs = result["runs"]
         runs["sync"] = run_pipeline(settings, task, engine, placement, "sync", ["async_training.mode=sync"])
-        default = async_overrides(
-            settings.staleness_threshold, settings.trigger_parameter_sync_step, settings.partial_rollout
+        default = (
+            settings.staleness_threshold,
+            settings.trigger_parameter_sync_step,
+            settings.partial_rollout,
         )
-        runs["async"] = run_pipeline(settings, task, engine, placement, "async", default)
-        result["sweeps"] = {}
+        runs["async"] = run_pipeline(settings, task, engine, placement, "async", async_overrides(*default))
         for name, plan in sweep_plan(settings).items():
-            result["sweeps"][name] = []
-            for label, staleness, trigger, partial_rollout in plan:
-                same_as_default = (staleness, trigger, partial_rollout) == (
-                    settings.staleness_threshold,
-                    settings.trigger_parameter_sync_step,
-                    settings.partial_rollout,
-                )
+            for label, *values in plan:
                 if label not in runs:
-                    runs[label] = (
-                        runs["async"]
-                        if same_as_default
-                        else run_pipeline(
-                            settings,
-                            task,
-                            engine,
-                            placement,
-                            label,
-                            async_overrides(staleness, trigger, partial_rollout),
-                        )
-                    )
-                result["sweeps"][name].append(label)
+                    runs[label] = runs["async"] if tuple(values) == default else run_pipeline(
+                        settings, task, engine, placement, label, async_overrides(*values))  # fmt: skip
+            result["sweeps"][name] = [label for label, *_ in plan]
         for name in ("sync", "async"):
             runs[name]["engine_bins"] = engine.monitor.bins(
                 runs[name]["fit_started"], runs[name]["per_step"][-1]["end"]
             )
-        result["bounds"] = ideal_bounds(result["generation_only"], runs["sync"], runs["async"])
-        for label, run in runs.items():
+        for run in runs.values():
             if run["mode"] == "async":
-                run["overlap_efficiency"] = ideal_bounds(result["generation_only"], runs["sync"], run)[
-                    "overlap_efficiency"
-                ]
+                bounds = ideal_bounds(result["generation_only"], runs["sync"], run)
+                run["overlap_efficiency"] = bounds["overlap_efficiency"]
+        result["bounds"] = ideal_bounds(result["generation_only"], runs["sync"], runs["async"])
         result["bars"] = check_bars(result["bounds"], runs["async"])
-        result["components"] = {}
         if settings.components:
             result["components"]["queue"] = bench_queue(settings, task)
             if settings.weight_sync_shapes:
@@ -1258,75 +1035,39 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
-    defaults = BenchSettings()
     p = argparse.ArgumentParser(prog="python -m rllm_fully_async.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=defaults.out, help="directory for bench.json, plots and run files")
+    p.add_argument("--smoke", action="store_true", help="every path at toy sizes (CI)")
+    scalar = {"int": int, "float": float, "str": str}
+    for f in fields(BenchSettings):
+        if f.type in scalar:
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=scalar[f.type], default=f.default)
     p.add_argument(
-        "--smoke", action="store_true", help="tiny sizes, no sweeps: checks the whole path in seconds"
+        "--no-partial-rollout", action="store_true", help="the fully-async run without partial rollout"
     )
-    p.add_argument("--steps", type=int, default=defaults.steps, help="training steps per run")
-    p.add_argument("--groups-per-step", type=int, default=defaults.groups_per_step)
-    p.add_argument("--n", type=int, default=defaults.n, help="samples per prompt (rollout.n)")
-    p.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency)
-    p.add_argument(
-        "--length-median", type=float, default=defaults.length_median, help="lognormal median tokens"
-    )
-    p.add_argument(
-        "--length-sigma", type=float, default=defaults.length_sigma, help="lognormal sigma (tail weight)"
-    )
-    p.add_argument("--length-max", type=int, default=defaults.length_max)
-    p.add_argument("--hidden-size", type=int, default=defaults.hidden_size, help="toy model width")
-    p.add_argument("--num-layers", type=int, default=defaults.num_layers, help="toy model depth")
-    p.add_argument("--staleness-threshold", type=float, default=defaults.staleness_threshold)
-    p.add_argument("--trigger-parameter-sync-step", type=int, default=defaults.trigger_parameter_sync_step)
-    p.add_argument("--no-partial-rollout", action="store_true")
-    p.add_argument(
-        "--sweeps", default=",".join(SWEEPS), help=f"comma-separated subset of {','.join(SWEEPS)}, or 'none'"
-    )
+    p.add_argument("--sweeps", default=",".join(SWEEPS), help=f"subset of {','.join(SWEEPS)}, or none")
     p.add_argument("--no-components", action="store_true", help="skip the queue and weight-sync benchmarks")
-    p.add_argument(
-        "--gen-cores", default="", help="e.g. 0 or 0,1 (default: the first half of the available cores)"
-    )
+    p.add_argument("--gen-cores", default="", help="e.g. 0 (default: the first half of the usable cores)")
     p.add_argument("--train-cores", default="", help="e.g. 1 (default: the second half)")
     args = p.parse_args(argv)
     sweeps = () if args.sweeps in ("", "none") else tuple(s.strip() for s in args.sweeps.split(","))
-    unknown = sorted(set(sweeps) - set(SWEEPS))
-    if unknown:
-        p.error(f"--sweeps: unknown {unknown}; choose from {list(SWEEPS)} or 'none'")
-    cores = {
-        name: tuple(int(c) for c in value.split(",") if c.strip())
-        for name, value in (("gen", args.gen_cores), ("train", args.train_cores))
-    }
+    if set(sweeps) - set(SWEEPS):
+        p.error(f"--sweeps: unknown {sorted(set(sweeps) - set(SWEEPS))}; choose from {list(SWEEPS)} or none")
+    if args.steps < 2:
+        p.error("--steps must be at least 2: throughput is measured after the first step")
     if args.smoke:
         settings = smoke_settings(args.out)
-        settings.components = not args.no_components
     else:
-        settings = BenchSettings(
-            out=args.out,
-            steps=args.steps,
-            groups_per_step=args.groups_per_step,
-            n=args.n,
-            max_concurrency=args.max_concurrency,
-            length_median=args.length_median,
-            length_sigma=args.length_sigma,
-            length_max=args.length_max,
-            hidden_size=args.hidden_size,
-            num_layers=args.num_layers,
-            staleness_threshold=args.staleness_threshold,
-            trigger_parameter_sync_step=args.trigger_parameter_sync_step,
-            partial_rollout=not args.no_partial_rollout,
-            sweeps=sweeps,
-            components=not args.no_components,
-        )
-    settings.gen_cores, settings.train_cores = cores["gen"], cores["train"]
-    if settings.steps < 2:
-        p.error("--steps must be at least 2 (throughput is measured after the first step)")
+        values = {f.name: getattr(args, f.name) for f in fields(BenchSettings) if f.type in scalar}
+        settings = BenchSettings(**values, partial_rollout=not args.no_partial_rollout, sweeps=sweeps)
+    settings.components = not args.no_components
+    settings.gen_cores = tuple(int(c) for c in args.gen_cores.split(",") if c.strip())
+    settings.train_cores = tuple(int(c) for c in args.train_cores.split(",") if c.strip())
     return settings
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = parse_args(argv)
-    # A terminated benchmark still stops its engine and Ray session (the finally blocks run on SystemExit).
+    # A terminated benchmark still stops its engine and Ray session: the finally blocks run on SystemExit.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.time()
     result = run_benchmark(settings)
@@ -1334,7 +1075,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = Path(settings.out)
     result["plots"] = plot(result, out)
     (out / "bench.json").write_text(json.dumps(result, indent=1, default=float))
-    print(render_table(result))
+    table = render_table(result)
+    (out / "summary.txt").write_text(table.strip() + "\n")
+    print(table)
     print(f"\nwrote {out / 'bench.json'} and {', '.join(result['plots'])} in {result['wall_s']:.0f} s")
     return result
 

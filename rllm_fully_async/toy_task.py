@@ -1,11 +1,17 @@
 # Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
-"""The CPU default's synthetic verifiable task: repeat the digit named in the prompt.
+"""The CPU default's synthetic verifiable task: "Say 7" is answered when the reply's first digit is 7.
 
-"Repeat the digit 7." is answered correctly when the first digit in the response is 7. An untrained
-toy model hits it by chance about 5% of the time (it must produce a digit, and the right one), so
-GRPO has signal from the first step; the right answer depends on the prompt, so no constant output
-scores above 10%. Rows are written in verl's parquet format and scored with verl's
-``compute_score`` signature, so the task runs through the same code path as real data.
+An untrained toy model emits some digit within its first 8 tokens about 40% of the time and the right
+one 1 time in 10, so the random policy scores ~0.03-0.05 and GRPO has signal from the first step.
+Every digit is equally frequent, so a constant reply scores 0.1: a mean reward of 0.8 means the policy
+learned the prompt-to-answer mapping. Measured alternatives: single-digit addition is out of reach
+(the 2-layer toy model does not learn addition mod 10 even by supervised training in 400 steps), and
+the wordier "Repeat the digit 7." is learned less reliably than the short "Say 7" (the digit is a
+larger share of a shorter prompt).
+
+There are only 10 distinct prompts, so validation checks the learned mapping, not generalisation.
+Rows follow verl's RL parquet format, so ``RLHFDataset`` loads them, and ``compute_score`` has the
+signature of verl's ``custom_reward_function``.
 """
 
 from __future__ import annotations
@@ -16,39 +22,42 @@ import re
 from pathlib import Path
 from typing import Any
 
-DATA_SOURCE = "toy_repeat_digit"
-PROMPT_TEMPLATE = "Repeat the digit {digit}."
+DATA_SOURCE = "toy_say_digit"
+PROMPT_TEMPLATE = "Say {digit}"
 _FIRST_DIGIT = re.compile(r"[0-9]")
 
 
 def make_rows(
     num_prompts: int, seed: int, split: str = "train", index_offset: int = 0
 ) -> list[dict[str, Any]]:
-    """``num_prompts`` rows in verl's format; ``extra_info.index`` is the stable prompt id."""
-    rng = random.Random(f"{seed}-{split}")
-    rows = []
-    for i in range(num_prompts):
-        digit = rng.randrange(10)
-        rows.append(
-            {
-                "data_source": DATA_SOURCE,
-                "prompt": [{"role": "user", "content": PROMPT_TEMPLATE.format(digit=digit)}],
-                "ability": "copy",
-                "reward_model": {"style": "rule", "ground_truth": str(digit)},
-                "extra_info": {"index": index_offset + i, "split": split},
-            }
-        )
-    return rows
+    """``num_prompts`` rows in verl's format, each digit equally often (up to one), in a seeded order.
+
+    ``extra_info.index`` (``index_offset + i``) is the prompt's stable id.
+    """
+    if num_prompts < 1:
+        raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
+    digits = [i % 10 for i in range(num_prompts)]
+    random.Random(f"{DATA_SOURCE}/{split}/{seed}").shuffle(digits)
+    return [
+        {
+            "data_source": DATA_SOURCE,
+            "prompt": [{"role": "user", "content": PROMPT_TEMPLATE.format(digit=digit)}],
+            "ability": "copy",
+            "reward_model": {"style": "rule", "ground_truth": str(digit)},
+            "extra_info": {"index": index_offset + i, "split": split},
+        }
+        for i, digit in enumerate(digits)
+    ]
 
 
 def write_parquet(path: str | os.PathLike, rows: list[dict[str, Any]]) -> str:
-    """Write ``rows`` atomically (a crash never leaves a half-written dataset behind)."""
+    """Write ``rows`` atomically: a crash or a concurrent reader never sees a half-written file."""
     import pandas as pd
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pd.DataFrame(rows).to_parquet(tmp)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pd.DataFrame(rows).to_parquet(tmp, index=False)
     os.replace(tmp, path)
     return str(path)
 
@@ -56,10 +65,14 @@ def write_parquet(path: str | os.PathLike, rows: list[dict[str, Any]]) -> str:
 def ensure_dataset(
     directory: str | os.PathLike, train_size: int = 1280, val_size: int = 64, seed: int = 0
 ) -> tuple[str, str]:
-    """Train and validation parquet files under ``directory``, built unless already there."""
+    """Train and validation parquet files under ``directory``, built unless already there.
+
+    Names carry the task, size and seed, so a changed setting never reuses a stale file. Validation
+    ids continue after the training ids.
+    """
     directory = Path(directory)
-    train = directory / f"train_{train_size}_seed{seed}.parquet"
-    val = directory / f"val_{val_size}_seed{seed}.parquet"
+    train = directory / f"{DATA_SOURCE}_train_{train_size}_seed{seed}.parquet"
+    val = directory / f"{DATA_SOURCE}_val_{val_size}_seed{seed}.parquet"
     if not train.exists():
         write_parquet(train, make_rows(train_size, seed, "train"))
     if not val.exists():
@@ -68,8 +81,21 @@ def ensure_dataset(
 
 
 def compute_score(
-    data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None
+    data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None, **kwargs: Any
 ) -> float:
-    """1.0 when the first digit of the response is the requested one, else 0.0."""
+    """1.0 when the first digit of the reply is ``ground_truth``, else 0.0.
+
+    Rows of any other data source go to verl's ``default_compute_score``, so a run that mixes this
+    task with real data can keep this function as its ``custom_reward_function``.
+    """
+    if data_source != DATA_SOURCE:
+        from verl.utils.reward_score import default_compute_score
+
+        return default_compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
+    if not (isinstance(ground_truth, str) and _FIRST_DIGIT.fullmatch(ground_truth)):
+        raise ValueError(
+            f"{DATA_SOURCE}: reward_model.ground_truth must be one digit '0'-'9', got {ground_truth!r}; "
+            "rebuild the data with rllm_fully_async.toy_task.ensure_dataset"
+        )
     first = _FIRST_DIGIT.search(solution_str)
-    return float(first is not None and first.group(0) == str(ground_truth))
+    return float(first is not None and first.group(0) == ground_truth)

@@ -70,6 +70,6 @@ def test_smoke_run_writes_results_and_plots(tmp_path):
         assert {kind for kind, *_ in run["spans"]} >= {"wait", "train", "sync"}
     assert bounds["G"] > 0 and bounds["T"] > 0
     assert bounds["ideal_async"] == pytest.approx(min(bounds["G"], bounds["T"]))
-    assert result["components"]["queue"]["message_queue"]["groups_per_s"] > 0
+    assert result["components"]["queue"]["typical_groups"]["message_queue"]["groups_per_s"] > 0
     assert (out / "timeline.png").stat().st_size > 0
     assert "overlap efficiency" in proc.stdout

@@ -1,13 +1,13 @@
 # Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
 """The CPU default's synthetic verifiable task: "Say 7" is answered when the reply's first digit is 7.
 
-An untrained toy model emits some digit within its first 8 tokens about 40% of the time and the right
-one 1 time in 10, so the random policy scores ~0.03-0.05 and GRPO has signal from the first step.
-Every digit is equally frequent, so a constant reply scores 0.1: a mean reward of 0.8 means the policy
-learned the prompt-to-answer mapping. Measured alternatives: single-digit addition is out of reach
-(the 2-layer toy model does not learn addition mod 10 even by supervised training in 400 steps), and
-the wordier "Repeat the digit 7." is learned less reliably than the short "Say 7" (the digit is a
-larger share of a shorter prompt).
+The untrained toy model puts a digit somewhere in its first 8 tokens in roughly a third of its
+replies, and the right one a tenth of those times: the random policy scores ~0.03-0.05, so GRPO has
+signal from the first step. Every digit is equally frequent, so a constant reply scores 0.1 and a
+mean reward of 0.8 means the policy learned the prompt-to-answer mapping. Measured alternatives:
+single-digit addition is out of reach (the 2-layer toy model does not learn addition mod 10 even by
+supervised training in 400 steps), and with the wordier "Repeat the digit 7." the CPU default run
+stalls near 0.5 where "Say 7" passes 0.9 (the digit is a larger share of a shorter prompt).
 
 There are only 10 distinct prompts, so validation checks the learned mapping, not generalisation.
 Rows follow verl's RL parquet format, so ``RLHFDataset`` loads them, and ``compute_score`` has the

@@ -507,6 +507,7 @@ def analyse_run(label: str, a: Any, record: RunRecord, final: dict, monitor: Eng
         "samples_per_s": sum(s["samples"] for s in steady) / wall,
         "samples_per_s_whole_run": sum(s["samples"] for s in per_step) / (end - record.started),
         "response_tokens": sum(s["tokens"] for s in per_step), "steady_wall_s": wall,
+        "tokens_per_sample": sum(s["tokens"] for s in steady) / sum(s["samples"] for s in steady),
         "trainer_share": {"waiting": share["wait"], "training": share["train"], "syncing": share["sync"],
                           "other": 1 - sum(share.values())},
         "trainer_idle_ratio": share["wait"],
@@ -557,7 +558,7 @@ def measure_generation(settings: BenchSettings, task: Task, engine: Engine, plac
     load_before = os.getloadavg()
     cpu_start = cpu_times({"engine": [engine.pid]})
     run_ref = executor.run.remote()
-    series, steady_from = [(time.time(), 0)], 0
+    series, steady_from, tokens_from = [(time.time(), 0)], 0, 0
     deadline = time.monotonic() + 600
     try:
         while series[-1][1] < target:
@@ -569,15 +570,17 @@ def measure_generation(settings: BenchSettings, task: Task, engine: Engine, plac
             series.append((time.time(), ray.get(queue.counts.remote())["queued"]))
             if not steady_from and target // 10 <= series[-1][1] < target and series[-1][1] > 0:
                 steady_from, cpu_start = len(series) - 1, cpu_times({"engine": [engine.pid]})
+                tokens_from = ray.get(executor.stats.remote())["response_tokens"]
         cpu_end = cpu_times({"engine": [engine.pid]})
+        tokens = ray.get(executor.stats.remote())["response_tokens"] - tokens_from
     finally:
         ray.get(executor.stop.remote())
         ray.kill(executor)
         ray.kill(queue)
     (t0, q0), (t1, q1) = series[steady_from], series[-1]
     rate = (q1 - q0) * settings.n / (t1 - t0)
-    log(f"generation-only: {rate:.2f} samples/s")
-    return {"samples_per_s": rate, "groups": q1 - q0, "window_s": t1 - t0,
+    log(f"generation-only: {rate:.2f} samples/s, {tokens / (t1 - t0):.0f} response tokens/s")
+    return {"samples_per_s": rate, "tokens_per_s": tokens / (t1 - t0), "groups": q1 - q0, "window_s": t1 - t0,
             "engine_busy_fraction": engine.monitor.busy_fraction(t0, t1),
             "cpu": cpu_usage(cpu_start, cpu_end, t1 - t0),
             "loadavg": {"before": load_before, "after": os.getloadavg()}}  # fmt: skip
@@ -589,30 +592,38 @@ def measure_generation(settings: BenchSettings, task: Task, engine: Engine, plac
 def ideal_bounds(gen: dict[str, Any], sync: dict[str, Any], run: dict[str, Any]) -> dict[str, float]:
     """The overlap bound for ``run`` and the synchronous ideal, from rates measured in this invocation.
 
-    T (training-only rate, data always ready) is a batch over the lock-step run's training time plus the
-    run's own share of weight syncs (``sync_s / trigger``): a trainer that never waits still pays those.
+    Rates are counted in each run's own samples. With long-tailed lengths, batches differ in cost: the
+    trainer pads every micro-batch to its longest sequence, and a fully-async batch holds the groups that
+    finished first, not the next ones in data order. So G and T are taken for the batches each run trained:
+
+    * G: the generation-only phase's response tokens/s over the run's response tokens per sample;
+    * T: a batch over the run's own training time per step plus its share of weight syncs (``sync_s / K``):
+      a trainer that never waits still pays those;
+    * the lock-step run's generation rate, ``G_lockstep`` (a batch over the time to generate it, its long
+      tail included), gives the synchronous ideal with the measured tail.
     """
-    batch, g, train_s = sync["samples_per_step"], gen["samples_per_s"], sync["train_s_per_step"]
-    t_run = batch / (train_s + run["param_sync"]["total_s_mean"] / run["trigger_parameter_sync_step"])
-    t_sync = batch / (train_s + sync["param_sync"]["total_s_mean"])
-    g_lockstep = batch / sync["wait_s_per_step"]  # one batch generated lock-step, its long tail included
-    ideal_async = min(g, t_run)
-    ideal_sync = 1 / (1 / g + 1 / t_sync)
+    sync_share = run["param_sync"]["total_s_mean"] / run["trigger_parameter_sync_step"]
+    g = gen["tokens_per_s"] / run["tokens_per_sample"]
+    t = run["samples_per_step"] / (run["train_s_per_step"] + sync_share)
+    g_sync = gen["tokens_per_s"] / sync["tokens_per_sample"]
+    t_sync = sync["samples_per_step"] / (sync["train_s_per_step"] + sync["param_sync"]["total_s_mean"])
+    g_lockstep = sync["samples_per_step"] / sync["wait_s_per_step"]
+    ideal_async = min(g, t)
+    ideal_sync = 1 / (1 / g_sync + 1 / t_sync)
     ideal_sync_tail = 1 / (1 / g_lockstep + 1 / t_sync)
     # The bound assumes each side owns its cores. Where other processes took a share of them during the run
     # (more than while G and T were measured), scale G and T by the CPU share each side actually got.
     engine = run["cpu"]["engine"]["cpu_share_when_runnable"] / gen["cpu"]["engine"]["cpu_share_when_runnable"]
     trainer = (run["cpu"]["trainer worker"]["cpu_share_when_runnable"]
                / sync["cpu"]["trainer worker"]["cpu_share_when_runnable"])  # fmt: skip
-    ideal_cpu = min(g * engine, t_run * trainer)
+    ideal_cpu = min(g * engine, t * trainer)
     return {
-        "G": g, "G_lockstep": g_lockstep, "long_tail_penalty": g / g_lockstep, "T": t_run, "T_sync": t_sync,
+        "G": g, "G_lockstep": g_lockstep, "long_tail_penalty": g_sync / g_lockstep, "T": t, "T_sync": t_sync,
         "ideal_async": ideal_async, "ideal_sync": ideal_sync, "ideal_sync_with_tail": ideal_sync_tail,
         "ideal_speedup": ideal_async / ideal_sync, "ideal_speedup_with_tail": ideal_async / ideal_sync_tail,
         "speedup": run["samples_per_s"] / sync["samples_per_s"],
         "overlap_efficiency": run["samples_per_s"] / ideal_async,
         "sync_efficiency": sync["samples_per_s"] / ideal_sync_tail,
-        "training_slowdown_under_overlap": run["train_s_per_step"] / train_s,
         "cpu_share_engine_vs_isolated": engine, "cpu_share_trainer_vs_isolated": trainer,
         "ideal_async_cpu_adjusted": ideal_cpu,
         "overlap_efficiency_cpu_adjusted": run["samples_per_s"] / ideal_cpu,
@@ -833,12 +844,15 @@ def render_table(result: dict[str, Any]) -> str:
     """The summary: rates and bounds, where the time went, sweeps, components, bars."""
     b, runs, m, p = result["bounds"], result["runs"], result["machine"], result["placement"]
     sync, run = runs["sync"], runs["async"]
+    gen_tokens_per_s = result["generation_only"]["tokens_per_s"]
     lines = [
         "", "=== rllm_fully_async benchmark ===",
         f"{m['cpus']} cores: generation {p['gen_cores']}, training {p['train_cores']}; "
         f"load average {m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at the end",
-        f"G  generation only        {b['G']:7.2f} samples/s  (lock-step, long tail: {b['G_lockstep']:.2f})",
-        f"T  training only          {b['T']:7.2f} samples/s  (weight sync every step: {b['T_sync']:.2f})",
+        f"G  generation only        {b['G']:7.2f} samples/s  ({gen_tokens_per_s:.0f} tokens/s; "
+        f"sync run, lock-step with its long tail: {b['G_lockstep']:.2f})",
+        f"T  training only          {b['T']:7.2f} samples/s  (sync run's batches, weight sync every step: "
+        f"{b['T_sync']:.2f})",
         f"ideal async  min(G,T)     {b['ideal_async']:7.2f}",
         f"ideal sync   1/(1/G+1/T)  {b['ideal_sync']:7.2f}   (with tail: {b['ideal_sync_with_tail']:.2f})",
         f"sync  measured            {sync['samples_per_s']:7.2f} samples/s",
@@ -984,6 +998,10 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
     # Ray's daemons and every actor inherit this process's mask, the training cores; the engine starts on
     # the generation cores meanwhile, and the executor and the queue move there when they exist.
     pin_this_process(placement.train_cores)
+    # Ray starts its workers at niceness 15, below the engine's 0: on the generation core the rollout
+    # executor would then wait for the engine's forward passes before it could admit the next request. On
+    # separate rollout hosts nothing competes like this, so every process here runs at the same priority.
+    os.environ["RAY_worker_niceness"] = "0"
     with ThreadPoolExecutor(1) as pool:
         starting = pool.submit(Engine.start_on, placement.gen_cores, task.model_path)
         ray.init(num_cpus=max(4, len(placement.train_cores)), include_dashboard=False, log_to_driver=False,

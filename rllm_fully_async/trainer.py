@@ -132,6 +132,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
                 groups = self._next_groups(run_ref)
                 if not groups:
                     break
+                pipeline_refs = self._request_pipeline_metrics()
                 metrics = self._train_step(groups)
                 self.global_steps += 1
                 is_last = self.global_steps >= self.total_training_steps
@@ -141,7 +142,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
                     self._save_checkpoint()
                 if self.validate_fn is not None and self._due(self.config.trainer.test_freq, is_last):
                     metrics.update(self._validate_now())
-                metrics.update(self._pipeline_metrics())
+                metrics.update(self._pipeline_metrics(pipeline_refs))
                 self.summary.add_step(self.global_steps, metrics)
                 logger.log(data=metrics, step=self.global_steps)
                 progress.update(1)
@@ -149,7 +150,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
             progress.close()
             ray.get(self.executor.stop.remote())
         counts = ray.get(self.queue.counts.remote())
-        self.summary.finish(self._pipeline_metrics(), counts)
+        self.summary.finish(self._pipeline_metrics(self._request_pipeline_metrics()), counts)
         self._write_ledger(counts)
         return self.summary
 
@@ -285,14 +286,19 @@ class FullyAsyncTrainer(RayPPOTrainer):
             self._sync_weights()
         return self.validate_fn(self.param_version)
 
-    def _pipeline_metrics(self) -> dict[str, float]:
-        counts = ray.get(self.queue.counts.remote())
-        rollout = ray.get(self.executor.stats.remote())
+    def _request_pipeline_metrics(self) -> list:
+        """Ask the queue and the executor for their counters without waiting: the trainer requests them when
+        a batch arrives and reads them after the update, so the round trips to actors that may be busy on
+        the rollout side overlap training instead of adding to every step."""
+        return [self.queue.counts.remote(), self.executor.stats.remote(), self.queue.metrics.remote()]
+
+    def _pipeline_metrics(self, refs: list) -> dict[str, float]:
+        counts, rollout, queue_metrics = ray.get(refs)
         out = {f"async/{k}": v for k, v in counts.items() if isinstance(v, int | float)}
         for reason, count in counts.get("filtered_by_reason", {}).items():
             out[f"async/filtered/{reason}"] = count
         out.update({f"rollout/{k}": v for k, v in rollout.items() if isinstance(v, int | float)})
-        out.update(ray.get(self.queue.metrics.remote()))
+        out.update(queue_metrics)
         out["async/trainer_idle_ratio"] = self.clock.idle_ratio()
         return out
 

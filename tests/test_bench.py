@@ -24,21 +24,24 @@ def test_lengths_are_long_tailed_clipped_and_reproducible():
 
 
 def test_ideal_bounds_follow_the_overlap_model():
-    """G = 40, T = 20 (training 3.2 s per 64 samples), weight sync 0.4 s every 4 steps."""
+    """Generation 2000 tokens/s; the async run trains 64 samples of 50 tokens in 3.2 s and syncs 0.4 s every
+    4 steps; the sync run's samples have 40 tokens, it trains in 3.0 s and generates a batch in 3.2 s."""
     cpu = {"engine": {"cpu_share_when_runnable": 1.0}, "trainer worker": {"cpu_share_when_runnable": 1.0}}
-    gen = {"samples_per_s": 40.0, "cpu": cpu}
-    sync = {"samples_per_step": 64, "train_s_per_step": 3.2, "wait_s_per_step": 3.2, "samples_per_s": 9.0,
-            "param_sync": {"total_s_mean": 0.0}, "cpu": cpu}  # fmt: skip
-    run = {"samples_per_s": 18.0, "train_s_per_step": 3.2, "trigger_parameter_sync_step": 4,
-           "param_sync": {"total_s_mean": 0.4}, "cpu": cpu}  # fmt: skip
+    gen = {"tokens_per_s": 2000.0, "cpu": cpu}
+    sync = {"samples_per_step": 64, "tokens_per_sample": 40.0, "train_s_per_step": 3.0, "cpu": cpu,
+            "wait_s_per_step": 3.2, "samples_per_s": 9.0, "param_sync": {"total_s_mean": 0.2}}  # fmt: skip
+    run = {"samples_per_step": 64, "tokens_per_sample": 50.0, "samples_per_s": 18.0, "train_s_per_step": 3.2,
+           "trigger_parameter_sync_step": 4, "param_sync": {"total_s_mean": 0.4}, "cpu": cpu}  # fmt: skip
     b = bench.ideal_bounds(gen, sync, run)
-    assert b["T"] == pytest.approx(64 / 3.3)
-    assert b["ideal_async"] == pytest.approx(min(40.0, 64 / 3.3))
-    assert b["ideal_sync"] == pytest.approx(1 / (1 / 40 + 1 / 20))
-    assert b["G_lockstep"] == pytest.approx(20.0) and b["long_tail_penalty"] == pytest.approx(2.0)
+    assert b["G"] == pytest.approx(40.0) and b["T"] == pytest.approx(64 / 3.3)
+    assert b["ideal_async"] == pytest.approx(64 / 3.3)
+    assert b["T_sync"] == pytest.approx(20.0)
+    assert b["ideal_sync"] == pytest.approx(1 / (1 / 50 + 1 / 20))
+    assert b["G_lockstep"] == pytest.approx(20.0) and b["long_tail_penalty"] == pytest.approx(2.5)
     assert b["ideal_sync_with_tail"] == pytest.approx(10.0)
     assert b["overlap_efficiency"] == pytest.approx(18.0 / (64 / 3.3))
     assert b["speedup"] == pytest.approx(2.0)
+    assert b["ideal_speedup_with_tail"] == pytest.approx(64 / 3.3 / 10.0)
 
 
 def test_bad_sweep_name_is_refused():

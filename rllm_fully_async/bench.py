@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from rllm_fully_async.client import parse_load
 from rllm_fully_async.rollout import single_turn_chat
 from rllm_fully_async.trajectory import Sample, TrajectoryGroup
 
@@ -98,6 +99,15 @@ class BenchSettings:
     train_cores: tuple[int, ...] = ()  # default: the second half
     seed: int = 1
     smoke: bool = False
+    model_path: str = ""  # default: the toy model at hidden_size x num_layers
+    config_name: str = "fully_async_ppo_cpu"  # the config every run composes
+    engine_url: str = ""  # default: start the embedded CPU engine on the generation cores
+    overrides: tuple[str, ...] = ()  # Hydra overrides for every run
+
+    @property
+    def embedded_engine(self) -> bool:
+        """The CPU engine on its own cores; otherwise a running server (SGLang on a GPU host), no pinning."""
+        return not self.engine_url
 
     @property
     def samples_per_step(self) -> int:
@@ -110,11 +120,11 @@ class BenchSettings:
         return max(self.steps + ahead, self.gen_phase_batches + 4) * self.groups_per_step
 
 
-def smoke_settings(out: str) -> BenchSettings:
-    """Every path but the weight-sync sizes at the smallest sizes, for CI."""
+def smoke_settings(out: str, **where: Any) -> BenchSettings:
+    """Every path but the weight-sync sizes at the smallest sizes, for CI; ``where`` picks model, engine."""
     return BenchSettings(out=out, steps=2, groups_per_step=2, n=2, max_concurrency=8, length_median=4,
                          length_sigma=0.5, length_max=8, sweeps=(), weight_sync_shapes=(),
-                         gen_phase_batches=2, smoke=True)  # fmt: skip
+                         gen_phase_batches=2, smoke=True, **where)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ the task
@@ -167,8 +177,8 @@ def build_task(settings: BenchSettings) -> Task:
     from rllm_fully_async import toy
 
     root = Path(settings.out) / "task"
-    model = toy.build(root / "model", seed=0, **model_shape(settings.hidden_size, settings.num_layers))
     s = settings
+    model = s.model_path or toy.build(root / "model", seed=0, **model_shape(s.hidden_size, s.num_layers))
     lengths = long_tail_lengths(
         s.num_prompts, s.length_median, s.length_sigma, s.length_min, s.length_max, s.seed
     )
@@ -181,6 +191,7 @@ def build_task(settings: BenchSettings) -> Task:
         }
         for i, length in enumerate(lengths)
     ]
+    root.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(root / "train.parquet")
     return Task(str(model), str(root / "train.parquet"), lengths)
 
@@ -224,15 +235,17 @@ def pin_this_process(cores: Sequence[int]) -> int:
     return os.getpid()
 
 
-def _pin_actor(actor_self: Any, cores: Sequence[int]) -> int:
-    return pin_this_process(cores)
+def _pin_actor(actor_self: Any, cores: Sequence[int] | None) -> int:
+    return pin_this_process(cores) if cores else os.getpid()
 
 
-def pin_actors(actors: Sequence[Any], cores: Sequence[int]) -> list[int]:
-    """Pin Ray actors' processes (any actor, through ``__ray_call__``); returns their pids."""
+def pin_actors(actors: Sequence[Any], cores: Sequence[int] | None) -> list[int]:
+    """Pin Ray actors' processes (any actor, through ``__ray_call__``) unless ``cores`` is None; returns their
+    pids."""
     import ray
 
-    return ray.get([a.__ray_call__.remote(_pin_actor, list(cores)) for a in actors], timeout=60)
+    cores = list(cores) if cores else None
+    return ray.get([a.__ray_call__.remote(_pin_actor, cores) for a in actors], timeout=60)
 
 
 def cpu_times(pids: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
@@ -308,6 +321,8 @@ class EngineMonitor:
                 state = _http(f"{self.url}/get_server_info", timeout_s=5)["internal_states"][0]
             except OSError:
                 continue
+            if "forward_passes" not in state:  # a server without the CPU engine's work counters
+                return
             self.samples.append((time.time(), int(state["forward_passes"]), int(state["generated_tokens"])))
 
     def bins(self, start: float, end: float) -> list[tuple[float, float, bool, float]]:
@@ -323,30 +338,30 @@ class EngineMonitor:
 
 
 class Engine:
-    """The embedded CPU engine on the generation cores, shared by every run of one invocation."""
+    """The rollout server every run of one invocation shares: the embedded CPU engine on the generation
+    cores, or a server already running at a URL (SGLang or its router on a GPU host)."""
 
-    def __init__(self, model_path: str, cores: Sequence[int]) -> None:
-        from rllm_fully_async.cpu_engine import CpuEngineProcess
-
-        self.model_path = model_path
-        self.process = CpuEngineProcess(model_path, num_threads=len(cores)).start(timeout_s=180)
-        self.url = self.process.url
-        self.pid = self.process._proc.pid
-        pin_threads(self.pid, cores)
-        self.monitor = EngineMonitor(self.url)
+    def __init__(self, url: str, model_path: str, process: Any = None) -> None:
+        self.url, self.model_path, self.process = url, model_path, process
+        self.pids = [process._proc.pid] if process is not None else []  # for CPU accounting
+        self.monitor = EngineMonitor(url)
 
     @classmethod
     def start_on(cls, cores: Sequence[int], model_path: str) -> Engine:
-        """Start from a thread pinned to ``cores``: the engine loads there while Ray starts elsewhere."""
+        """Start the CPU engine from a thread pinned to ``cores``: it loads there while Ray starts."""
+        from rllm_fully_async.cpu_engine import CpuEngineProcess
+
         os.sched_setaffinity(0, cores)  # this thread only; the engine process inherits it
-        return cls(model_path, cores)
+        process = CpuEngineProcess(model_path, num_threads=len(cores)).start(timeout_s=180)
+        pin_threads(process._proc.pid, cores)
+        return cls(process.url, model_path, process)
 
     def reset(self, timeout_s: float = 120.0) -> None:
         """Initial weights, version 0 and nothing in flight, so that every run starts alike."""
         _http(f"{self.url}/continue_generation", {})
         _http(f"{self.url}/abort_request", {"abort_all": True})
         deadline = time.monotonic() + timeout_s
-        while sum(s["num_reqs"] + s["num_waiting_reqs"] for s in _http(f"{self.url}/get_load")) > 0:
+        while parse_load(_http(f"{self.url}/get_load")) > 0:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the engine at {self.url} did not drain within {timeout_s} s")
             time.sleep(0.1)
@@ -354,7 +369,8 @@ class Engine:
 
     def stop(self) -> None:
         self.monitor.stop()
-        self.process.stop()
+        if self.process is not None:
+            self.process.stop()
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -382,16 +398,17 @@ def timed_trainer_class() -> type:
     class TimedTrainer(FullyAsyncTrainer):
         """The production trainer, recording when it waits for data, trains and syncs weights.
 
-        It also pins its processes: the training workers to the training cores, the rollout executor and the
-        queue to the generation cores (the driver already runs on the training cores).
+        With a placement it also pins its processes: the training workers to the training cores, the rollout
+        executor and the queue to the generation cores (the driver already runs on the training cores).
         """
 
-        def __init__(self, *args: Any, record: RunRecord, placement: Placement, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, record: RunRecord, placement: Placement | None, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.record = record
-            record.pids["trainer worker"] = pin_actors(self.actor_rollout_wg.workers, placement.train_cores)
-            record.pids["rollout executor"] = pin_actors([self.executor], placement.gen_cores)
-            record.pids["message queue"] = pin_actors([self.queue], placement.gen_cores)
+            train, gen = (placement.train_cores, placement.gen_cores) if placement else (None, None)
+            record.pids["trainer worker"] = pin_actors(self.actor_rollout_wg.workers, train)
+            record.pids["rollout executor"] = pin_actors([self.executor], gen)
+            record.pids["message queue"] = pin_actors([self.queue], gen)
             record.pids["driver"] = [os.getpid()]
 
         def fit(self):
@@ -437,7 +454,7 @@ def compose_config(
     name = "".join(c if c.isalnum() else "_" for c in label)
     s = settings
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return compose("fully_async_ppo_cpu", overrides=[
+        return compose(s.config_name, overrides=[
             f"actor_rollout_ref.model.path={task.model_path}", f"data.train_files={task.train_file}",
             "data.val_files=null", f"data.max_response_length={s.length_max}", f"data.seed={s.seed}",
             f"actor_rollout_ref.rollout.n={s.n}",
@@ -449,7 +466,7 @@ def compose_config(
             f"rollout_servers.urls=[{engine_url}]", f"trainer.total_training_steps={s.steps}",
             f"trainer.default_local_dir={Path(s.out).resolve() / 'runs' / name}",
             "trainer.resume_mode=disable",
-            "trainer.logger=[]", f"trainer.experiment_name=bench_{name}", *overrides,
+            "trainer.logger=[]", f"trainer.experiment_name=bench_{name}", *s.overrides, *overrides,
         ])  # fmt: skip
 
 
@@ -459,14 +476,14 @@ def async_overrides(staleness: float, trigger: int, partial_rollout: bool) -> li
             f"async_training.partial_rollout={partial_rollout}"]  # fmt: skip
 
 
-def run_pipeline(settings: BenchSettings, task: Task, engine: Engine, placement: Placement, label: str,
+def run_pipeline(settings: BenchSettings, task: Task, engine: Engine, placement: Placement | None, label: str,
                  overrides: Sequence[str]) -> dict[str, Any]:  # fmt: skip
     """One complete training run through ``rllm_fully_async.main.run``, instrumented."""
     from rllm_fully_async.main import run
 
     cfg = compose_config(settings, task, engine.url, label, overrides)
     engine.reset()
-    record = RunRecord(pids={"engine": [engine.pid]})
+    record = RunRecord(pids={"engine": engine.pids})
     load_before = os.getloadavg()
     log(f"run {label} ...")
     trainer = partial(timed_trainer_class(), record=record, placement=placement)
@@ -534,7 +551,9 @@ def analyse_run(label: str, a: Any, record: RunRecord, final: dict, monitor: Eng
 # ------------------------------------------------------------------------------------------------ G
 
 
-def measure_generation(settings: BenchSettings, task: Task, engine: Engine, placement: Placement) -> dict:
+def measure_generation(
+    settings: BenchSettings, task: Task, engine: Engine, placement: Placement | None
+) -> dict:
     """G: samples/s from the real rollout executor into the queue, with nobody training.
 
     The admission budget is opened wide so that only the engine (and the executor's own work) limits the
@@ -554,9 +573,9 @@ def measure_generation(settings: BenchSettings, task: Task, engine: Engine, plac
     queue = MessageQueue.options(num_cpus=0).remote(settings.num_prompts)
     config = OmegaConf.to_container(cfg, resolve=True)
     executor = RolloutExecutor.options(num_cpus=0).remote(config, [engine.url], queue)
-    pin_actors([executor, queue], placement.gen_cores)
+    pin_actors([executor, queue], placement.gen_cores if placement else None)
     load_before = os.getloadavg()
-    cpu_start = cpu_times({"engine": [engine.pid]})
+    cpu_start = cpu_times({"engine": engine.pids})
     run_ref = executor.run.remote()
     series, steady_from, tokens_from = [(time.time(), 0)], 0, 0
     deadline = time.monotonic() + 600
@@ -569,9 +588,9 @@ def measure_generation(settings: BenchSettings, task: Task, engine: Engine, plac
                 raise TimeoutError(f"generation-only phase: {target} groups not reached in 600 s")
             series.append((time.time(), ray.get(queue.counts.remote())["queued"]))
             if not steady_from and target // 10 <= series[-1][1] < target and series[-1][1] > 0:
-                steady_from, cpu_start = len(series) - 1, cpu_times({"engine": [engine.pid]})
+                steady_from, cpu_start = len(series) - 1, cpu_times({"engine": engine.pids})
                 tokens_from = ray.get(executor.stats.remote())["response_tokens"]
-        cpu_end = cpu_times({"engine": [engine.pid]})
+        cpu_end = cpu_times({"engine": engine.pids})
         tokens = ray.get(executor.stats.remote())["response_tokens"] - tokens_from
     finally:
         ray.get(executor.stop.remote())
@@ -785,7 +804,7 @@ def _weight_sync_row(model: Path, placement: Placement) -> dict[str, Any]:
             "actor_rollout_ref.actor.optim.total_training_steps=1",
         ]
         cfg = compose("fully_async_ppo_cpu", overrides=overrides)
-    engine = Engine(str(model), placement.gen_cores)
+    engine = Engine.start_on(placement.gen_cores, str(model))
     wg = gate = sync = None
     try:
         wg = create_actor_worker_group(cfg, role="actor", num_workers=1)
@@ -847,7 +866,8 @@ def render_table(result: dict[str, Any]) -> str:
     gen_tokens_per_s = result["generation_only"]["tokens_per_s"]
     lines = [
         "", "=== rllm_fully_async benchmark ===",
-        f"{m['cpus']} cores: generation {p['gen_cores']}, training {p['train_cores']}; "
+        (f"{m['cpus']} cores: generation {p['gen_cores']}, training {p['train_cores']}; " if p else
+         f"rollout server {result['settings']['engine_url']}, nothing pinned; ") +
         f"load average {m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at the end",
         f"G  generation only        {b['G']:7.2f} samples/s  ({gen_tokens_per_s:.0f} tokens/s; "
         f"sync run, lock-step with its long tail: {b['G_lockstep']:.2f})",
@@ -993,24 +1013,31 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
     """Everything, in one Ray session with one engine; returns what goes into bench.json."""
     import ray
 
-    placement = Placement.choose(settings.gen_cores, settings.train_cores)
+    placement = (
+        Placement.choose(settings.gen_cores, settings.train_cores) if settings.embedded_engine else None
+    )
     loadavg_start = os.getloadavg()
     task = build_task(settings)
-    # Ray's daemons and every actor inherit this process's mask, the training cores; the engine starts on
-    # the generation cores meanwhile, and the executor and the queue move there when they exist.
-    pin_this_process(placement.train_cores)
     # Ray starts its workers at niceness 15, below the engine's 0: on the generation core the rollout
     # executor would then wait for the engine's forward passes before it could admit the next request. On
     # separate rollout hosts nothing competes like this, so every process here runs at the same priority.
     os.environ["RAY_worker_niceness"] = "0"
-    with ThreadPoolExecutor(1) as pool:
-        starting = pool.submit(Engine.start_on, placement.gen_cores, task.model_path)
-        ray.init(num_cpus=max(4, len(placement.train_cores)), include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})  # fmt: skip
-        engine = starting.result()
+    ray_options = {"include_dashboard": False, "log_to_driver": False,
+                   "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}}  # fmt: skip
+    if placement is None:
+        ray.init(**ray_options)
+        engine = Engine(settings.engine_url, task.model_path)
+    else:
+        # Ray's daemons and every actor inherit this process's mask, the training cores; the engine starts
+        # on the generation cores meanwhile, and the executor and the queue move there when they exist.
+        pin_this_process(placement.train_cores)
+        with ThreadPoolExecutor(1) as pool:
+            starting = pool.submit(Engine.start_on, placement.gen_cores, task.model_path)
+            ray.init(num_cpus=max(4, len(placement.train_cores)), **ray_options)
+            engine = starting.result()
     log(f"engine at {engine.url}, ray up")
     result: dict[str, Any] = {
-        "settings": asdict(settings), "placement": asdict(placement),
+        "settings": asdict(settings), "placement": asdict(placement) if placement else None,
         "machine": {"cpus": os.cpu_count(), "loadavg_start": loadavg_start, "python": sys.version.split()[0]},
         "task": {"response_length_mean": float(np.mean(task.lengths)), "p50": float(np.median(task.lengths)),
                  "p90": float(np.percentile(task.lengths, 90)), "max": max(task.lengths)},
@@ -1044,7 +1071,7 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
         result["bars"] = check_bars(result["bounds"], runs["async"])
         if settings.components:
             result["components"]["queue"] = bench_queue(settings, task)
-            if settings.weight_sync_shapes:
+            if settings.weight_sync_shapes and placement is not None:
                 result["components"]["weight_sync"] = bench_weight_sync(settings, placement)
     finally:
         engine.stop()
@@ -1067,17 +1094,26 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
     p.add_argument("--no-components", action="store_true", help="skip the queue and weight-sync benchmarks")
     p.add_argument("--gen-cores", default="", help="e.g. 0 (default: the first half of the usable cores)")
     p.add_argument("--train-cores", default="", help="e.g. 1 (default: the second half)")
+    p.add_argument(
+        "--override", action="append", default=[], help="a Hydra override for every run, repeatable"
+    )
     args = p.parse_args(argv)
     sweeps = () if args.sweeps in ("", "none") else tuple(s.strip() for s in args.sweeps.split(","))
     if set(sweeps) - set(SWEEPS):
         p.error(f"--sweeps: unknown {sorted(set(sweeps) - set(SWEEPS))}; choose from {list(SWEEPS)} or none")
     if args.steps < 2:
         p.error("--steps must be at least 2: throughput is measured after the first step")
+    if args.engine_url and (args.gen_cores or args.train_cores):
+        p.error("--gen-cores and --train-cores place the embedded engine; --engine-url pins nothing")
+    if args.engine_url and not args.model_path:
+        p.error("--engine-url needs --model-path: the model the server at that URL serves")
     if args.smoke:
-        settings = smoke_settings(args.out)
+        where = ("model_path", "config_name", "engine_url")
+        settings = smoke_settings(args.out, **{name: getattr(args, name) for name in where})
     else:
         values = {f.name: getattr(args, f.name) for f in fields(BenchSettings) if f.type in scalar}
         settings = BenchSettings(**values, partial_rollout=not args.no_partial_rollout, sweeps=sweeps)
+    settings.overrides = tuple(args.override)
     settings.components = not args.no_components
     settings.gen_cores = tuple(int(c) for c in args.gen_cores.split(",") if c.strip())
     settings.train_cores = tuple(int(c) for c in args.train_cores.split(",") if c.strip())

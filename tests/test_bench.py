@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 import numpy as np
 import pytest
@@ -54,17 +55,26 @@ def test_raw_gloo_broadcast_is_timed():
     assert 0 < bench.raw_gloo_broadcast_s(1 << 20, placement, repeats=2) < 30
 
 
-def test_smoke_run_writes_results_and_plots(tmp_path):
-    out = tmp_path / "bench"
+def _smoke(out, *args: str) -> tuple[dict, str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "rllm_fully_async.bench", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "rllm_fully_async.bench", "--smoke", "--out", str(out), *args],
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, "RAY_DEDUP_LOGS": "0"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads((out / "bench.json").read_text())
+    return json.loads((out / "bench.json").read_text()), proc.stdout
+
+
+def test_engine_url_without_model_path_is_refused():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--engine-url", "http://127.0.0.1:30000"])
+
+
+def test_smoke_run_writes_results_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    result, stdout = _smoke(out)
     runs, bounds = result["runs"], result["bounds"]
     assert {"sync", "async"} <= set(runs)
     assert runs["sync"]["mode"] == "sync" and runs["async"]["mode"] == "async"
@@ -75,4 +85,21 @@ def test_smoke_run_writes_results_and_plots(tmp_path):
     assert bounds["ideal_async"] == pytest.approx(min(bounds["G"], bounds["T"]))
     assert result["components"]["queue"]["typical_groups"]["message_queue"]["groups_per_s"] > 0
     assert (out / "timeline.png").stat().st_size > 0
-    assert "overlap efficiency" in proc.stdout
+    assert "overlap efficiency" in stdout
+
+
+def test_smoke_run_against_a_running_server(tmp_path, toy_model_dir):
+    """``--engine-url``: the path a GPU host takes with its SGLang server; here the CPU engine, unpinned."""
+    from rllm_fully_async.cpu_engine import CpuEngineProcess
+
+    engine = CpuEngineProcess(str(toy_model_dir), num_threads=1).start(timeout_s=120)
+    try:
+        args = ("--engine-url", engine.url, "--model-path", str(toy_model_dir), "--no-components")
+        result, stdout = _smoke(tmp_path / "bench", *args)
+        load = json.loads(urllib.request.urlopen(f"{engine.url}/get_server_info").read())
+    finally:
+        engine.stop()
+    assert result["placement"] is None and result["settings"]["engine_url"] == engine.url
+    assert result["runs"]["async"]["samples_per_s"] > 0 and result["bounds"]["G"] > 0
+    assert load["internal_states"][0]["generated_tokens"] > 0  # the runs generated on that server
+    assert f"rollout server {engine.url}, nothing pinned" in stdout

@@ -348,11 +348,15 @@ class Engine:
 
     @classmethod
     def start_on(cls, cores: Sequence[int], model_path: str) -> Engine:
-        """Start the CPU engine from a thread pinned to ``cores``: it loads there while Ray starts."""
+        """Start the CPU engine on ``cores``; the calling thread returns to its own cores afterwards."""
         from rllm_fully_async.cpu_engine import CpuEngineProcess
 
-        os.sched_setaffinity(0, cores)  # this thread only; the engine process inherits it
-        process = CpuEngineProcess(model_path, num_threads=len(cores)).start(timeout_s=180)
+        own = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, cores)  # this thread only; the engine process inherits it and loads there
+        try:
+            process = CpuEngineProcess(model_path, num_threads=len(cores)).start(timeout_s=180)
+        finally:
+            os.sched_setaffinity(0, own)
         pin_threads(process._proc.pid, cores)
         return cls(process.url, model_path, process)
 

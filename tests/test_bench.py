@@ -103,3 +103,14 @@ def test_smoke_run_against_a_running_server(tmp_path, toy_model_dir):
     assert result["runs"]["async"]["samples_per_s"] > 0 and result["bounds"]["G"] > 0
     assert load["internal_states"][0]["generated_tokens"] > 0  # the runs generated on that server
     assert f"rollout server {engine.url}, nothing pinned" in stdout
+
+
+def test_engine_starts_on_its_cores_and_leaves_the_caller_where_it_was(toy_model_dir):
+    own = os.sched_getaffinity(0)
+    cores = [min(own)]
+    engine = bench.Engine.start_on(cores, str(toy_model_dir))
+    try:
+        assert os.sched_getaffinity(engine.pids[0]) == set(cores)
+        assert os.sched_getaffinity(0) == own
+    finally:
+        engine.stop()

@@ -11,7 +11,6 @@ import urllib.request
 
 import psutil
 import pytest
-import ray
 import torch
 from transformers import AutoModelForCausalLM
 from worker_helpers import actor_config, greedy_reference, ppo_batch
@@ -39,18 +38,6 @@ def test_buckets_respect_the_size_and_keep_order():
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(
-            num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
-        )
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def engine(toy_model_dir):
     with CpuEngineProcess(str(toy_model_dir), num_threads=1) as server:
         yield server
@@ -67,7 +54,7 @@ def _weight_version(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def actor_wg(ray_cluster, toy_model_dir):
+def actor_wg(ray_local, toy_model_dir):
     """Two FSDP2 ranks over gloo: every full tensor is an all-gather of two shards."""
     wg = create_actor_worker_group(actor_config(toy_model_dir), role="actor", num_workers=2)
     wg.init_model()

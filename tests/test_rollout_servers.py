@@ -10,7 +10,6 @@ import signal
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -154,18 +153,6 @@ def test_external_urls_are_waited_for_not_started() -> None:
         servers.restart_dead()
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def _generate(url: str) -> list[int]:
     body = {"input_ids": [1, 5, 6], "sampling_params": {"max_new_tokens": 3, "temperature": 0.0}}
     request = urllib.request.Request(
@@ -175,9 +162,7 @@ def _generate(url: str) -> list[int]:
         return json.loads(response.read())["output_ids"]
 
 
-def test_cpu_lifecycle_start_kill_detect_restart_stop(
-    ray_cluster: None, toy_model_dir: Path, tmp_path: Path
-) -> None:
+def test_cpu_lifecycle_start_kill_detect_restart_stop(ray_local, toy_model_dir: Path, tmp_path: Path) -> None:
     import ray
 
     spec = RolloutServerSpec(
@@ -219,7 +204,7 @@ def _sglang_available() -> bool:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _sglang_available(), reason="needs sglang and a CUDA GPU")
-def test_sglang_server_lifecycle_on_gpu(ray_cluster: None, toy_model_dir: Path, tmp_path: Path) -> None:
+def test_sglang_server_lifecycle_on_gpu(ray_local, toy_model_dir: Path, tmp_path: Path) -> None:
     """One real SGLang server: start, generate, weight version, kill, restart, stop."""
     model_path = os.environ.get("RLLM_TEST_SGLANG_MODEL", str(toy_model_dir))
     spec = RolloutServerSpec(

@@ -20,19 +20,7 @@ from rllm_fully_async.workers import (
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(
-            num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
-        )
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def actor_wg(ray_cluster, toy_model_dir):
+def actor_wg(ray_local, toy_model_dir):
     """Actor and reference policy in one process: the reference model is built the way role="ref" is."""
     wg = create_actor_worker_group(actor_config(toy_model_dir), role="actor_ref")
     wg.init_model()
@@ -87,7 +75,7 @@ def test_megatron_on_cpu_fails_clearly(toy_model_dir):
         assert megatron_worker_class().__name__ == "MegatronActorRefWorker"
 
 
-def test_bad_role_strategy_and_size_fail_before_starting_anything(ray_cluster, toy_model_dir):
+def test_bad_role_strategy_and_size_fail_before_starting_anything(ray_local, toy_model_dir):
     config = actor_config(toy_model_dir)
     with pytest.raises(ValueError, match="role='rollout'.*'actor', 'actor_ref', 'ref'"):
         create_actor_worker_group(config, role="rollout")

@@ -348,7 +348,7 @@ def test_pause_abort_returns_everything_and_gates_new_requests(engine: str) -> N
 def test_pause_keeping_requests_resumes_them_unchanged(engine: str, mode: str) -> None:
     body = {
         "input_ids": PROMPTS[2],
-        "sampling_params": {"max_new_tokens": 120, "ignore_eos": True, "sampling_seed": 5},
+        "sampling_params": {"max_new_tokens": 400, "ignore_eos": True, "sampling_seed": 5},
     }
     _, reference = post(engine, "/generate", body)
     request = Background(engine, "/generate", body)

@@ -44,6 +44,12 @@ async def rollout(client, tokenizer, *, extra_info, **kwargs):
     if extra_info["flaky"] and calls[index] % 2 == 1:
         raise ConnectionError("flaky server")  # raised before any await: the retry follows at once
     return await single_turn_chat(client, tokenizer, extra_info=extra_info, **kwargs)
+
+
+async def to_the_limit(client, tokenizer, *, sampling_params, **kwargs):
+    # ignore_eos: every generation runs to max_new_tokens, so none can end before a pause reaches it
+    params = {**sampling_params, "ignore_eos": True}
+    return await single_turn_chat(client, tokenizer, sampling_params=params, **kwargs)
 """
 
 
@@ -263,9 +269,10 @@ def test_pause_resume_across_a_version_change(pipeline, files, toy_model_dir, en
         toy_model_dir,
         data="small",
         n=2,
-        max_response_length=200,
+        max_response_length=400,
         max_concurrency=8,
         partial_rollout=partial_rollout,
+        rollout_fn=f"{files['rollout']}:to_the_limit",
     )
     queue, executor = pipeline(cfg)
     set_server_version(engine.url, 0)
@@ -281,6 +288,7 @@ def test_pause_resume_across_a_version_change(pipeline, files, toy_model_dir, en
 
     samples = [s for g in groups for s in g.samples]
     assert len(samples) == 8
+    assert all(len(s.response_ids) == 400 for s in samples), "a resumed generation keeps its token budget"
     interrupted = [s for s in samples if s.num_aborts > 0]
     assert interrupted, "the pause must have interrupted running generations"
     if partial_rollout:

@@ -795,7 +795,8 @@ def bench_weight_sync(settings: BenchSettings, placement: Placement) -> dict[str
 
 
 def _weight_sync_row(model: Path, placement: Placement) -> dict[str, Any]:
-    """Three syncs of one model through ParamSync, and the raw broadcast of the same bytes."""
+    """Three syncs of one model through ParamSync in the configured load format, three tensor by tensor
+    (the baseline), and the raw broadcast of the same bytes."""
     from hydra import compose, initialize_config_dir
 
     from rllm_fully_async.param_sync import ClientGate, ParamSync
@@ -809,28 +810,39 @@ def _weight_sync_row(model: Path, placement: Placement) -> dict[str, Any]:
         ]
         cfg = compose("fully_async_ppo_cpu", overrides=overrides)
     engine = Engine.start_on(placement.gen_cores, str(model))
-    wg = gate = sync = None
+    load_format = cfg.async_training.weight_sync_load_format
+    wg = gate = None
+    stats = {}
     try:
         wg = create_actor_worker_group(cfg, role="actor", num_workers=1)
         wg.init_model()
         pin_actors(wg.workers, placement.train_cores)
         gate = ClientGate([engine.url])
-        bucket_mb = cfg.async_training.weight_sync_bucket_mb
-        sync = ParamSync(wg, [engine.url], gate, backend="gloo", bucket_size_mb=bucket_mb, timeout_s=300)
-        sync.init_group()
-        stats = [sync.sync(version) for version in (1, 2, 3)]
+        for fmt in dict.fromkeys([None, load_format]):
+            sync = ParamSync(wg, [engine.url], gate, backend="gloo", group_name=f"bench_{fmt}",
+                             bucket_size_mb=cfg.async_training.weight_sync_bucket_mb, timeout_s=300,
+                             load_format=fmt)  # fmt: skip
+            try:
+                sync.init_group()
+                stats[fmt] = [sync.sync(version) for version in (1, 2, 3)]
+            finally:
+                sync.close()
     finally:
-        for closable in (sync, gate):
-            if closable is not None:
-                closable.close()
+        if gate is not None:
+            gate.close()
         if wg is not None:
             shutdown_worker_group(wg)
         engine.stop()
-    nbytes = stats[-1].bytes
-    row = {f"{part}_s": float(np.median([getattr(s, f"{part}_s") for s in stats]))
-           for part in ("pause", "transfer", "resume", "total")}  # fmt: skip
+
+    def median_s(fmt: str | None, part: str) -> float:
+        return float(np.median([getattr(s, f"{part}_s") for s in stats[fmt]]))
+
+    nbytes = stats[load_format][-1].bytes
+    row = {f"{part}_s": median_s(load_format, part) for part in ("pause", "transfer", "resume", "total")}
     raw = raw_gloo_broadcast_s(nbytes, placement)
-    row.update(params=nbytes / 4, bytes=nbytes, raw_gloo_s=raw, raw_gloo_gb_per_s=nbytes / raw / 1e9)
+    row.update(load_format=load_format, per_tensor_transfer_s=median_s(None, "transfer"),
+               per_tensor_total_s=median_s(None, "total"), params=nbytes / 4, bytes=nbytes, raw_gloo_s=raw,
+               raw_gloo_gb_per_s=nbytes / raw / 1e9)  # fmt: skip
     return {**row, "fraction_of_bound": raw / row["transfer_s"]}
 
 
@@ -905,9 +917,12 @@ def render_table(result: dict[str, Any]) -> str:
                      f"{ours['mb_per_s']:.1f} MB/s; ray Queue {plain['groups_per_s']:.0f} groups/s, "
                      f"{plain['mb_per_s']:.1f} MB/s")  # fmt: skip
     if comp.get("weight_sync"):
-        lines.append("weight sync (gloo)     params  transfer s  raw gloo s  fraction of bound")
-        lines += [f"{row['params'] / 1e6:26.2f}M {row['transfer_s']:11.3f} {row['raw_gloo_s']:11.3f} "
-                  f"{row['fraction_of_bound']:18.2f}" for row in comp["weight_sync"]["sizes"]]  # fmt: skip
+        lines.append("weight sync (gloo)     params  per tensor s  transfer s  raw gloo s  fraction of bound")
+        lines += [f"{row['params'] / 1e6:26.2f}M {row['per_tensor_transfer_s']:13.3f} "
+                  f"{row['transfer_s']:11.3f} {row['raw_gloo_s']:11.3f} {row['fraction_of_bound']:18.2f}"
+                  for row in comp["weight_sync"]["sizes"]]  # fmt: skip
+        lines.append(f"  (transfer s: load format {comp['weight_sync']['sizes'][0]['load_format']}; "
+                     "per tensor s: the same sync, one broadcast per tensor)")  # fmt: skip
     bars = ", ".join(
         f"{k} {'PASS' if v['pass'] else 'FAIL'} ({v['value']:.3f})" for k, v in result["bars"].items()
     )
@@ -980,7 +995,11 @@ def _plot_weight_sync(result: dict[str, Any], out: Path, plt) -> str:
     rows = result["components"]["weight_sync"]["sizes"]
     mb = [row["bytes"] / 1e6 for row in rows]
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.loglog(mb, [row["transfer_s"] for row in rows], "o-", label="ParamSync transfer (worker -> engine)")
+    fmt = rows[0]["load_format"] or "one broadcast per tensor"
+    ax.loglog(mb, [row["transfer_s"] for row in rows], "o-", label=f"ParamSync transfer ({fmt})")
+    if fmt != "one broadcast per tensor":
+        per_tensor = [row["per_tensor_transfer_s"] for row in rows]
+        ax.loglog(mb, per_tensor, "v-", label="ParamSync transfer (per tensor)")
     ax.loglog(
         mb, [row["total_s"] for row in rows], "s--", label="ParamSync total (pause + transfer + resume)"
     )

@@ -12,6 +12,8 @@ import os
 
 from omegaconf import DictConfig
 
+from rllm_fully_async.param_sync import LOAD_FORMATS
+
 ASYNC_KEYS = {
     "mode",
     "required_samples",
@@ -27,6 +29,7 @@ ASYNC_KEYS = {
     "queue_get_timeout_s",
     "param_sync_timeout_s",
     "weight_sync_bucket_mb",
+    "weight_sync_load_format",
 }
 ROLLOUT_SERVER_KEYS = {
     "urls",
@@ -138,6 +141,11 @@ def validate_async_training(cfg: DictConfig) -> None:
     _require(a.max_retries >= 0, "async_training.max_retries", f"must be >= 0, got {a.max_retries}")
     _require(a.queue_get_timeout_s > 0, "async_training.queue_get_timeout_s", "must be > 0 seconds")
     _require(a.param_sync_timeout_s > 0, "async_training.param_sync_timeout_s", "must be > 0 seconds")
+    _require(
+        a.weight_sync_load_format in LOAD_FORMATS,
+        "async_training.weight_sync_load_format",
+        f"must be null (one broadcast per tensor) or 'flattened_bucket', got {a.weight_sync_load_format!r}",
+    )
 
 
 def _check_path(path: str | None, key: str, what: str) -> None:

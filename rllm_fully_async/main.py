@@ -98,7 +98,7 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
     from rllm_fully_async.message_queue import MessageQueue
     from rllm_fully_async.param_sync import ParamSync
     from rllm_fully_async.patches import require_patched_verl
-    from rllm_fully_async.rollout_servers import start_rollout_servers
+    from rllm_fully_async.rollout_servers import RolloutServers, start_rollout_servers
     from rllm_fully_async.trainer import ExecutorGate, FullyAsyncTrainer
     from rllm_fully_async.validation import Validator
     from rllm_fully_async.workers import create_actor_worker_group, shutdown_worker_group
@@ -137,6 +137,7 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
             ExecutorGate(executor),
             backend="nccl" if has_cuda else "gloo",
             bucket_size_mb=cfg.async_training.weight_sync_bucket_mb,
+            load_format=cfg.async_training.weight_sync_load_format,
             timeout_s=cfg.async_training.param_sync_timeout_s,
             tp_size=servers_tp_size(cfg),
         )
@@ -154,6 +155,7 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
             total_training_steps=steps,
             ref_wg=ref_wg,
             validate_fn=validator.run if validator else None,
+            servers=servers if isinstance(servers, RolloutServers) else None,
         )
         summary = trainer.fit()
     finally:

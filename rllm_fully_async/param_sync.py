@@ -3,7 +3,8 @@
 
 One sync is: pause generation (running requests are aborted and later resume as partial rollouts)
 ▸ broadcast every weight from training-worker rank 0 to all servers over a torch.distributed group
-(NCCL on GPU, gloo on CPU), one bucket at a time ▸ bump the servers' weight version ▸ flush their
+(NCCL on GPU, gloo on CPU), one bucket at a time, each bucket as one buffer in SGLang's
+``flattened_bucket`` format or tensor by tensor ▸ bump the servers' weight version ▸ flush their
 prefix cache ▸ resume generation under the new version.
 
 The trainer process is synchronous; the servers' HTTP API is driven by a
@@ -31,6 +32,9 @@ from rllm_fully_async.client import RolloutClient, RolloutClientError
 T = TypeVar("T")
 
 DEFAULT_GROUP_NAME = "rllm_fully_async_weights"
+# SGLang's load formats for /update_weights_from_distributed: None is one broadcast per tensor;
+# "flattened_bucket" one per bucket, the tensors' bytes back to back.
+LOAD_FORMATS = (None, "flattened_bucket")
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +52,8 @@ class RolloutGate(Protocol):
 @dataclass
 class SyncStats:
     """Wall time of one sync: ``pause_s`` (gate), ``transfer_s`` (broadcast + load on the servers),
-    ``resume_s`` (version bump, cache flush, gate), ``total_s``; ``bytes`` broadcast by trainer rank 0."""
+    ``resume_s`` (version bump, cache flush, gate), ``total_s``; ``bytes`` broadcast by trainer rank 0 in
+    ``broadcasts`` collectives."""
 
     version: int
     pause_s: float
@@ -56,6 +61,7 @@ class SyncStats:
     resume_s: float
     total_s: float
     bytes: int
+    broadcasts: int
 
 
 class ParamSyncError(RuntimeError):
@@ -87,6 +93,26 @@ def metadata_nbytes(entry: tuple[str, str, list[int]]) -> int:
     """Bytes of one ``(name, dtype, shape)`` weight-metadata entry."""
     _name, dtype, shape = entry
     return torch.Size(shape).numel() * getattr(torch, dtype).itemsize
+
+
+def check_flattened_alignment(buckets: list[list[tuple[str, str, list[int]]]]) -> None:
+    """Raise naming the first tensor that would start a flattened bucket at a misaligned byte.
+
+    A receiver views each tensor's bytes as its dtype, which needs the tensor to start at a multiple of its
+    element size; SGLang does not pad between tensors.
+    """
+    for bucket in buckets:
+        offset = 0
+        for entry in bucket:
+            name, dtype, _shape = entry
+            itemsize = getattr(torch, dtype).itemsize
+            if offset % itemsize:
+                raise ValueError(
+                    f"weight {name!r} ({dtype}) would start at byte {offset} of its flattened bucket, not a "
+                    f"multiple of {itemsize}: send tensor by tensor "
+                    "(async_training.weight_sync_load_format=null) or cast every weight to one dtype"
+                )
+            offset += metadata_nbytes(entry)
 
 
 class EventLoopThread:
@@ -152,6 +178,8 @@ class ParamSync:
     group, server ``i`` (``tp_size`` ranks each) takes ranks ``1 + i * tp_size`` onward.
     ``master_address`` must reach worker rank 0's node from every server (loopback on one machine).
     ``dtype`` (e.g. ``"bfloat16"``) casts the weights before sending; ``None`` keeps the trainer's dtype.
+    ``load_format="flattened_bucket"`` sends each bucket as one buffer (SGLang's format of that name);
+    ``None`` sends tensor by tensor, which every SGLang version with this API understands.
     After :meth:`init_group`, ``metadata`` lists every tensor in broadcast order and ``buckets`` how it
     is split into requests of at most ``bucket_size_mb``.
     """
@@ -169,6 +197,7 @@ class ParamSync:
         master_address: str = "127.0.0.1",
         tp_size: int = 1,
         dtype: str | None = None,
+        load_format: str | None = None,
     ) -> None:
         if not server_urls:
             raise ValueError("server_urls is empty: ParamSync needs at least one rollout server")
@@ -180,6 +209,8 @@ class ParamSync:
             raise ValueError(f"timeout_s={timeout_s} must be positive")
         if dtype is not None and not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype={dtype!r} is not a torch dtype name such as 'bfloat16' or 'float32'")
+        if load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format={load_format!r}: use None (per tensor) or 'flattened_bucket'")
         self.actor_wg = actor_wg
         self.server_urls = list(server_urls)
         self.gate = gate
@@ -189,6 +220,7 @@ class ParamSync:
         self.timeout_s = timeout_s
         self.master_address = master_address
         self.dtype = dtype
+        self.load_format = load_format
         self.world_size = 1 + len(self.server_urls) * tp_size
         self.metadata: list[tuple[str, str, list[int]]] | None = None
         self.buckets: list[list[tuple[str, str, list[int]]]] = []
@@ -215,6 +247,8 @@ class ParamSync:
         self.buckets = list(
             split_into_buckets(metadata, metadata_nbytes, int(self.bucket_size_mb * 1024 * 1024))
         )
+        if self.load_format == "flattened_bucket":
+            check_flattened_alignment(self.buckets)
         self.metadata = metadata
 
     def sync(self, version: int) -> SyncStats:
@@ -228,7 +262,9 @@ class ParamSync:
         self._call_bounded(self.gate.pause, "pausing the rollout (gate.pause)")
         paused = time.perf_counter()
 
-        worker_refs = self.actor_wg.broadcast_weights(self.group_name, self.bucket_size_mb, self.dtype)
+        worker_refs = self.actor_wg.broadcast_weights(
+            self.group_name, self.bucket_size_mb, self.dtype, self.load_format == "flattened_bucket"
+        )
         worker_results = self._run_with_workers(
             "update_weights_from_distributed", self._push_buckets(), worker_refs
         )
@@ -245,7 +281,18 @@ class ParamSync:
             resume_s=end - transferred,
             total_s=end - start,
             bytes=int(worker_results[0]["bytes"]),
+            broadcasts=int(worker_results[0]["broadcasts"]),
         )
+
+    def rejoin(self) -> None:
+        """Form the weight-update group anew with every server, after one of them restarted.
+
+        A restarted server comes back outside the group, and a ``torch.distributed`` group cannot admit a
+        member, so every rank leaves and the group forms again. The restarted server still holds the
+        initial weights: call :meth:`sync` next.
+        """
+        self._leave_group()
+        self.init_group()
 
     def close(self) -> None:
         """Tear the weight-update group down on the servers and the workers; stop the HTTP client.
@@ -253,6 +300,16 @@ class ParamSync:
         Best effort and bounded: it runs in ``finally`` blocks, after failures too, so problems (a dead
         server, a worker still stuck in a failed broadcast) are logged instead of raised.
         """
+        self._leave_group()
+        try:
+            self._loop.run(self._client.close(), 10.0, "closing the rollout client")
+        finally:
+            self._loop.close()
+
+    # ------------------------------------------------------------------ steps
+
+    def _leave_group(self) -> None:
+        """Every rank leaves the group, best effort: a server that restarted or died is not in it any more."""
         if self.metadata is not None:
             self.metadata = None
             worker_refs = self.actor_wg.destroy_weight_update_group(self.group_name)
@@ -272,20 +329,14 @@ class ParamSync:
                 try:
                     wait()
                 except Exception as e:  # cleanup must go on; the cause is logged
-                    logger.warning("ParamSync.close: %s failed: %s", step, e)
-        try:
-            self._loop.run(self._client.close(), 10.0, "closing the rollout client")
-        finally:
-            self._loop.close()
-
-    # ------------------------------------------------------------------ steps
+                    logger.warning("ParamSync: %s failed: %s", step, e)
 
     async def _push_buckets(self) -> None:
         """Each bucket is one request per server; the servers receive it while worker rank 0 sends it."""
         for bucket in self.buckets:
             names, dtypes, shapes = zip(*bucket, strict=True)
             await self._client.update_weights_from_distributed(
-                list(names), list(dtypes), list(shapes), self.group_name
+                list(names), list(dtypes), list(shapes), self.group_name, load_format=self.load_format
             )
 
     def _run_with_workers(self, step: str, server_call: Coroutine, worker_refs: list) -> list:

@@ -6,6 +6,9 @@ assembles them into a ``DataProto``, and runs verl's own pieces on them: old-log
 bypass), reference policy and KL, rollout correction between the behaviour and the current policy,
 the configured advantage estimator, and ``update_actor`` on the patched ``dp_actor``. Every
 ``trigger_parameter_sync_step`` steps it pushes the new weights to the rollout servers (ParamSync).
+
+A rollout server the run started that dies is restarted, taken back into the weight-update group and
+given the current weights, between steps or while the trainer waits for data; the run goes on.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ from verl.utils.metric import reduce_metrics
 from rllm_fully_async.batch import build_batch
 from rllm_fully_async.metrics import RunSummary, async_metrics
 from rllm_fully_async.param_sync import ParamSync
+from rllm_fully_async.rollout_servers import RolloutServers
 
 STATE_FILE = "fully_async_state.pt"
 LEDGER_FILE = "ledger.json"
+# How often the trainer looks for dead rollout servers while it waits for a batch.
+SERVER_CHECK_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -83,7 +89,10 @@ class FullyAsyncTrainer(RayPPOTrainer):
         total_training_steps: int,
         ref_wg=None,
         validate_fn: Callable[[int], dict[str, float]] | None = None,
+        servers: RolloutServers | None = None,
     ) -> None:
+        """``servers``: the rollout servers this run started, restarted when they die (``None`` for
+        servers started outside the run, which it cannot restart)."""
         self.config = config
         self.tokenizer = tokenizer
         self.processor = None
@@ -92,6 +101,8 @@ class FullyAsyncTrainer(RayPPOTrainer):
         self.queue = queue
         self.executor = executor
         self.param_sync = param_sync
+        self.servers = servers
+        self.servers_restarted = 0
         self.validate_fn = validate_fn
         self.total_training_steps = total_training_steps
         self.use_reference_policy = need_reference_policy(config)
@@ -143,6 +154,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
                 if self.validate_fn is not None and self._due(self.config.trainer.test_freq, is_last):
                     metrics.update(self._validate_now())
                 metrics.update(self._pipeline_metrics(pipeline_refs))
+                metrics["async/servers_restarted"] = self.servers_restarted
                 self.summary.add_step(self.global_steps, metrics)
                 logger.log(data=metrics, step=self.global_steps)
                 progress.update(1)
@@ -175,7 +187,13 @@ class FullyAsyncTrainer(RayPPOTrainer):
             cfg.staleness_policy,
             cfg.queue_get_timeout_s,
         )
-        ready, _ = ray.wait([get_ref, run_ref], num_returns=1, timeout=cfg.queue_get_timeout_s + 30)
+        deadline = time.monotonic() + cfg.queue_get_timeout_s + 30
+        ready: list = []
+        recovering_s = 0.0
+        while not ready and time.monotonic() < deadline:
+            recovering_s += self._recover_servers()
+            wait_s = min(SERVER_CHECK_INTERVAL_S, max(0.0, deadline - time.monotonic()))
+            ready, _ = ray.wait([get_ref, run_ref], num_returns=1, timeout=wait_s)
         if not ready:
             raise TimeoutError(
                 "no training batch arrived within async_training.queue_get_timeout_s="
@@ -184,7 +202,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
         if ready[0] == run_ref:
             ray.get(run_ref)  # raises the executor's error, if any; otherwise the data is exhausted
         groups, _ended = ray.get(get_ref)
-        self.clock.waiting_s += time.perf_counter() - start
+        self.clock.waiting_s += time.perf_counter() - start - recovering_s
         groups = list(groups)
         dp_size = self.actor_rollout_wg.world_size
         n_samples = sum(len(g.samples) for g in groups)
@@ -267,7 +285,30 @@ class FullyAsyncTrainer(RayPPOTrainer):
         metrics["training/global_step"] = self.global_steps + 1
         return metrics
 
+    def _recover_servers(self) -> float:
+        """Restart the rollout servers that died, re-form the weight-update group with them, and push the
+        current weights: a restarted server starts from the initial model. Generation meanwhile went on
+        on the other servers; what the dead one was generating failed over or was retried.
+
+        Returns the seconds it took (counted as syncing time), 0 when every server is alive."""
+        if self.servers is None or not self.servers.check():
+            return 0.0
+        start = time.perf_counter()
+        restarted = self.servers.restart_dead()
+        self.param_sync.rejoin()
+        self.param_sync.sync(self.param_version)
+        self.servers_restarted += len(restarted)
+        seconds = time.perf_counter() - start
+        self.clock.sync_s += seconds
+        print(
+            f"rollout servers {restarted} died and were restarted; weights of version {self.param_version} "
+            f"pushed to them ({seconds:.1f}s)",
+            flush=True,
+        )
+        return seconds
+
     def _sync_weights(self) -> dict[str, float]:
+        self._recover_servers()
         start = time.perf_counter()
         stats = self.param_sync.sync(self.param_version + 1)
         self.param_version += 1

@@ -10,7 +10,8 @@ registered methods that :class:`rllm_fully_async.param_sync.ParamSync` drives:
 * ``find_free_port``, ``init_weight_update_group`` / ``destroy_weight_update_group`` - worker rank 0
   hosts the servers' weight-update group as its rank 0 (``rllm_fully_async.weight_update_group``);
 * ``broadcast_weights`` - every rank takes part in gathering full tensors, a bucket at a time so that
-  memory stays bounded, and rank 0 broadcasts each one in metadata order.
+  memory stays bounded, and rank 0 broadcasts them in metadata order (one collective per tensor, or
+  one per bucket in the ``flattened_bucket`` format).
 
 They return Ray object refs (non-blocking), so the caller can bound every wait and run the servers'
 side of a collective at the same time.
@@ -239,11 +240,16 @@ class WeightSyncMixin:
         self._weight_group_names.discard(group_name)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
-    def broadcast_weights(self, group_name: str, bucket_size_mb: float, dtype: str | None = None) -> dict:
-        """Gather full tensors a bucket at a time; rank 0 broadcasts each one, in metadata order.
+    def broadcast_weights(
+        self, group_name: str, bucket_size_mb: float, dtype: str | None = None, flattened: bool = False
+    ) -> dict:
+        """Gather full tensors a bucket at a time; rank 0 broadcasts them in metadata order.
 
-        Not blocking for the caller, who must meanwhile have the servers receive. Returns
-        ``{"bytes": bytes broadcast (0 on ranks > 0), "seconds": wall time on this rank}``.
+        ``flattened``: one broadcast per bucket of the tensors' bytes back to back (SGLang's
+        ``flattened_bucket`` load format) instead of one per tensor, so a sync costs a collective per
+        bucket rather than per tensor. Not blocking for the caller, who must meanwhile have the servers
+        receive. Returns ``{"bytes": bytes broadcast, "broadcasts": collectives issued (both 0 on ranks
+        > 0), "seconds": wall time on this rank}``.
         """
         self._require_actor("broadcast_weights")
         if group_name not in self._weight_group_names:
@@ -251,7 +257,7 @@ class WeightSyncMixin:
         start = time.perf_counter()
         group = self._weight_groups.get(group_name)
         target_dtype = getattr(torch, dtype) if dtype else None
-        sent = 0
+        sent = broadcasts = 0
         with torch.no_grad(), self._weights_ready():
             buckets = split_into_buckets(
                 self._full_weights(),
@@ -260,12 +266,16 @@ class WeightSyncMixin:
             )
             for bucket in buckets:
                 if group is not None:
-                    for _name, tensor in bucket:
-                        tensor = tensor.to(dtype=target_dtype or tensor.dtype).contiguous()
+                    tensors = [t.to(dtype=target_dtype or t.dtype).contiguous() for _name, t in bucket]
+                    if flattened:
+                        tensors = [torch.cat([t.reshape(-1).view(torch.uint8) for t in tensors])]
+                    for tensor in tensors:
                         broadcast_tensor(group, tensor, src=0)
                         sent += tensor.numel() * tensor.element_size()
+                    broadcasts += len(tensors)
+                    del tensors
                 del bucket
-        return {"bytes": sent, "seconds": time.perf_counter() - start}
+        return {"bytes": sent, "broadcasts": broadcasts, "seconds": time.perf_counter() - start}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ def test_valid_cpu_config_passes(cpu_cfg):
         ("async_training.mode=fast", "async_training.mode"),
         ("async_training.staleness_policy=ignore", "async_training.staleness_policy"),
         ("async_training.trigger_parameter_sync_step=0", "async_training.trigger_parameter_sync_step"),
+        ("async_training.weight_sync_load_format=direct", "async_training.weight_sync_load_format"),
         ("+async_training.staleness=1", "async_training.staleness"),
         ("actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum", "actor_rollout_ref.actor.loss_agg_mode"),
         ("algorithm.adv_estimator=gae", "algorithm.adv_estimator"),

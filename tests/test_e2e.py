@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import torch
 
@@ -79,6 +80,18 @@ def step_metrics(out: Path) -> list[dict]:
 
 def ledger(out: Path) -> dict:
     return json.loads((out / "ckpt" / "ledger.json").read_text())
+
+
+def engine_processes(run_pid: int) -> list[psutil.Process]:
+    """The CPU engine servers a run started (under Ray's processes, which the run started)."""
+    found = []
+    for p in psutil.Process(run_pid).children(recursive=True):
+        try:
+            if "rllm_fully_async.cpu_engine" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            pass  # gone meanwhile
+    return found
 
 
 def balanced(counts: dict) -> bool:
@@ -161,3 +174,42 @@ def test_sigkill_and_resume_trains_every_prompt_exactly_once_per_epoch(task, tmp
         assert set(counts.values()) == {1}, f"epoch {epoch}: trained twice: {counts}"
     resumed = step_metrics(tmp_path)
     assert resumed[0]["training/global_step"] == killed_at + 1
+
+
+def test_a_killed_rollout_server_is_restarted_rejoined_and_the_run_completes(task, tmp_path):
+    """SIGKILL one of two rollout servers mid-run: the run restarts it, takes it back into the weight-update
+    group (every later sync must reach it) and finishes, with every prompt trained or counted."""
+    servers = tmp_path / "servers"
+    cmd = command(task, tmp_path, "rollout_servers.num_servers=2", f"rollout_servers.log_dir={servers}")
+    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(tmp_path / "metrics.jsonl")}
+    log = tmp_path / "main.log"
+    with open(log, "w") as out:
+        run = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=out, stderr=out)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and run.poll() is None:
+            if (tmp_path / "metrics.jsonl").exists() and len(step_metrics(tmp_path)) >= 2:
+                break
+            time.sleep(0.2)
+        assert run.poll() is None, "the run ended before a server was killed:\n" + log.read_text()[-3000:]
+        engines = engine_processes(run.pid)
+        assert len(engines) == 2, [p.cmdline() for p in engines]
+        port = engines[0].cmdline()[engines[0].cmdline().index("--port") + 1]
+        engines[0].kill()
+        run.wait(timeout=400)
+    finally:
+        try:
+            os.killpg(run.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    text = log.read_text()
+    assert run.returncode == 0, text[-5000:]
+    assert f":{port}'] died and were restarted" in text
+    launches = [f.read_text().count(f"launching on port {port}") for f in servers.iterdir()]
+    assert sorted(launches) == [0, 2], "the killed server is relaunched on its port, the other left alone"
+    steps = step_metrics(tmp_path)
+    assert len(steps) == NUM_PROMPTS // 4
+    assert steps[-1]["async/servers_restarted"] == 1
+    assert steps[-1]["async/param_version"] == NUM_PROMPTS // 4  # every sync after the restart reached it
+    final = ledger(tmp_path)["counts"]
+    assert balanced(final) and final["drawn"] == final["trained"] + final["filtered"] == NUM_PROMPTS

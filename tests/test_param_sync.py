@@ -21,6 +21,7 @@ from rllm_fully_async.param_sync import (
     ClientGate,
     ParamSync,
     ParamSyncError,
+    check_flattened_alignment,
     metadata_nbytes,
     split_into_buckets,
 )
@@ -35,6 +36,14 @@ def test_buckets_respect_the_size_and_keep_order():
     assert [metadata_nbytes(m) for m in metadata] == [16, 16, 40, 4]
     buckets = list(split_into_buckets(metadata, metadata_nbytes, bucket_bytes=32))
     assert [[name for name, _, _ in b] for b in buckets] == [["a", "b"], ["c"], ["d"]]
+
+
+def test_a_misaligned_flattened_bucket_is_refused_naming_the_tensor():
+    check_flattened_alignment([[("a", "float32", [3]), ("b", "bfloat16", [3]), ("c", "bfloat16", [1])]])
+    with pytest.raises(
+        ValueError, match=r"'c' \(float32\) would start at byte 6 .*weight_sync_load_format=null"
+    ):
+        check_flattened_alignment([[("a", "float32", [1]), ("b", "bfloat16", [1]), ("c", "float32", [2])]])
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +71,21 @@ def actor_wg(ray_local, toy_model_dir):
     shutdown_worker_group(wg)
 
 
-def test_sync_makes_the_server_generate_with_the_trained_weights(actor_wg, engine, tmp_path):
+@pytest.mark.parametrize("load_format", [None, "flattened_bucket"])
+def test_sync_makes_the_server_generate_with_the_trained_weights(actor_wg, engine, tmp_path, load_format):
     """One real update_actor, one sync; the server then generates exactly what the trainer's weights do."""
-    version = 1
     old_version = parse_weight_version(_weight_version(engine.url))
+    version = old_version + 1
     gate = ClientGate([engine.url])
-    sync = ParamSync(actor_wg, [engine.url], gate, backend="gloo", bucket_size_mb=0.25, timeout_s=60)
+    sync = ParamSync(
+        actor_wg,
+        [engine.url],
+        gate,
+        backend="gloo",
+        bucket_size_mb=0.25,
+        timeout_s=60,
+        load_format=load_format,
+    )
     try:
         sync.init_group()
         before = [_server_greedy(gate, p) for p in PROMPTS]
@@ -93,6 +111,7 @@ def test_sync_makes_the_server_generate_with_the_trained_weights(actor_wg, engin
         assert stats.pause_s > 0 and stats.resume_s > 0
         assert abs(stats.pause_s + stats.transfer_s + stats.resume_s - stats.total_s) < 1e-3
         assert len(sync.buckets) > 1  # 0.25 MB buckets: the 0.58 MB model goes in several requests
+        assert stats.broadcasts == (len(sync.buckets) if load_format else len(sync.metadata))
         assert _weight_version(engine.url) == str(version)
 
         interrupted = long_run.result(timeout=120)

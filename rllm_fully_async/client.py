@@ -11,7 +11,9 @@ staleness accounting needs.
 It also spreads requests over several servers (least in flight first), fails over on connection errors,
 timeouts and 5xx answers (the request restarts from its last known prompt + tokens, so a server dying
 mid-request costs only that request's unreturned tokens), takes failing servers out of rotation and puts them
-back when their ``/health`` passes again. Every HTTP call has a timeout.
+back when their ``/health`` passes again. With every server out of rotation (say the only one is being
+restarted), a request waits up to ``outage_timeout_s`` for one to come back rather than failing at once.
+Every HTTP call has a timeout.
 
 Behind ``sglang-router`` pass the router as ``router_url`` (generation goes through it) and the workers as
 ``server_urls``: control calls (pause, resume, weight updates, versions, cache flushes) always go to every
@@ -204,6 +206,7 @@ class RolloutClient:
         max_attempts: int = 3,
         backoff_s: float = 0.5,
         health_check_interval_s: float = 5.0,
+        outage_timeout_s: float = 0.0,
     ) -> None:
         if not server_urls:
             raise ValueError("server_urls is empty: pass the URL of at least one rollout server")
@@ -211,6 +214,8 @@ class RolloutClient:
             raise ValueError(f"max_attempts={max_attempts} must be >= 1")
         if tp_size < 1:
             raise ValueError(f"tp_size={tp_size} must be >= 1")
+        if outage_timeout_s < 0:
+            raise ValueError(f"outage_timeout_s={outage_timeout_s} must be >= 0")
         self._servers = [_Server(_normalize_url(u)) for u in server_urls]
         if len({s.url for s in self._servers}) != len(self._servers):
             raise ValueError(f"server_urls has duplicates: {server_urls}")
@@ -224,6 +229,7 @@ class RolloutClient:
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
         self._health_check_interval_s = health_check_interval_s
+        self._outage_timeout_s = outage_timeout_s
 
         self._paused = False
         self._resumed = asyncio.Event()
@@ -341,12 +347,17 @@ class RolloutClient:
         Returns the parsed answer and how many attempts failed before it.
         """
         errors: list[str] = []
+        outage_deadline: float | None = None
         for attempt in range(1, self._max_attempts + 1):
             await self._wait_resumed()
             server = self._pick()
             if server is None and await self._probe_out_servers(self._gen_servers):
                 await self._wait_resumed()
                 server = self._pick()
+            if server is None:
+                now = asyncio.get_running_loop().time()
+                outage_deadline = outage_deadline or now + self._outage_timeout_s
+                server = await self._wait_for_rotation(outage_deadline)
             if server is None:
                 errors.append("no server in rotation")
             else:
@@ -401,6 +412,19 @@ class RolloutClient:
             raise ServerRequestError(f"{server.url}/generate answered HTTP {status}: {text[:1000]}")
         server.failures = 0
         return _json(text, f"{server.url}/generate")
+
+    async def _wait_for_rotation(self, deadline: float) -> _Server | None:
+        """With every server out of rotation, wait until ``deadline`` for the health checker to put one back.
+
+        Polls local state only: one health checker probes the servers, however many requests wait.
+        """
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            await asyncio.sleep(min(0.2, deadline - loop.time()))
+            await self._wait_resumed()
+            if (server := self._pick()) is not None:
+                return server
+        return None
 
     def _pick(self) -> _Server | None:
         """The server in rotation with the fewest requests in flight; ties go round-robin."""

@@ -58,6 +58,8 @@ class ExecutorSettings:
     max_retries: int = 2
     rollout_fn: str | None = None
     custom_reward_function: dict[str, Any] = field(default_factory=dict)
+    # How long a request waits for a server to come back when none is in rotation: a restart's length.
+    server_outage_timeout_s: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ExecutorSettings:
@@ -89,6 +91,7 @@ class ExecutorSettings:
             max_retries=int(a.get("max_retries", 2)),
             rollout_fn=a.get("rollout_fn"),
             custom_reward_function=dict(reward),
+            server_outage_timeout_s=float((cfg.get("rollout_servers") or {}).get("startup_timeout_s", 0.0)),
         )
 
     @property
@@ -212,7 +215,7 @@ class RolloutExecutor:
         self._tokenizer = AutoTokenizer.from_pretrained(s.tokenizer_path)
         self._rollout_fn = load_rollout_fn(s.rollout_fn)
         self._reward_fn = load_reward_fn(s.custom_reward_function)
-        self._client = RolloutClient(server_urls)
+        self._client = RolloutClient(server_urls, outage_timeout_s=s.server_outage_timeout_s)
         self._admission = AdmissionController(
             s.required_samples, s.staleness_threshold, s.trigger_parameter_sync_step
         )

@@ -34,7 +34,7 @@ from verl.utils.metric import reduce_metrics
 
 from rllm_fully_async.batch import build_batch
 from rllm_fully_async.metrics import RunSummary, async_metrics
-from rllm_fully_async.param_sync import ParamSync
+from rllm_fully_async.param_sync import ParamSync, ParamSyncError, SyncStats
 from rllm_fully_async.rollout_servers import RolloutServers
 
 STATE_FILE = "fully_async_state.pt"
@@ -203,6 +203,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
             ray.get(run_ref)  # raises the executor's error, if any; otherwise the data is exhausted
         groups, _ended = ray.get(get_ref)
         self.clock.waiting_s += time.perf_counter() - start - recovering_s
+        self.clock.sync_s += recovering_s
         groups = list(groups)
         dp_size = self.actor_rollout_wg.world_size
         n_samples = sum(len(g.samples) for g in groups)
@@ -290,7 +291,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
         current weights: a restarted server starts from the initial model. Generation meanwhile went on
         on the other servers; what the dead one was generating failed over or was retried.
 
-        Returns the seconds it took (counted as syncing time), 0 when every server is alive."""
+        Returns the seconds it took, 0 when every server is alive."""
         if self.servers is None or not self.servers.check():
             return 0.0
         start = time.perf_counter()
@@ -299,7 +300,6 @@ class FullyAsyncTrainer(RayPPOTrainer):
         self.param_sync.sync(self.param_version)
         self.servers_restarted += len(restarted)
         seconds = time.perf_counter() - start
-        self.clock.sync_s += seconds
         print(
             f"rollout servers {restarted} died and were restarted; weights of version {self.param_version} "
             f"pushed to them ({seconds:.1f}s)",
@@ -307,10 +307,22 @@ class FullyAsyncTrainer(RayPPOTrainer):
         )
         return seconds
 
-    def _sync_weights(self) -> dict[str, float]:
+    def _push_weights(self, version: int) -> SyncStats:
+        """``param_sync.sync(version)``; when a rollout server died before or during it, it is restarted
+        and taken back into the group (:meth:`_recover_servers`), and the push repeated."""
         self._recover_servers()
+        try:
+            return self.param_sync.sync(version)
+        except (ParamSyncError, TimeoutError) as e:
+            if self.servers is None or not self.servers.check():
+                raise
+            print(f"weight sync to version {version} failed, a rollout server died: {e}", flush=True)
+        self._recover_servers()
+        return self.param_sync.sync(version)
+
+    def _sync_weights(self) -> dict[str, float]:
         start = time.perf_counter()
-        stats = self.param_sync.sync(self.param_version + 1)
+        stats = self._push_weights(self.param_version + 1)
         self.param_version += 1
         self.clock.sync_s += time.perf_counter() - start
         return {

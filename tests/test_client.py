@@ -68,6 +68,13 @@ def _counters(url: str) -> dict:
     return _get(f"{url}/get_server_info")["internal_states"][0]
 
 
+def _listening_pid(url: str) -> int:
+    """The process serving ``url`` (to kill it the way a crash would)."""
+    port = int(url.rsplit(":", 1)[1])
+    listening = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    return next(c.pid for c in listening if c.laddr.port == port)
+
+
 def _start_engines(model_dir: Path, ports: list[int | None]) -> list[CpuEngineProcess]:
     engines = [CpuEngineProcess(str(model_dir), port=p, num_threads=1) for p in ports]
     with ThreadPoolExecutor(len(engines)) as pool:
@@ -306,11 +313,7 @@ def test_killed_server_requests_finish_on_survivor_and_restart_rejoins(
 ) -> None:
     urls = [e.url for e in engines]
     victim_port = int(urls[1].rsplit(":", 1)[1])
-    victim_pid = next(
-        c.pid
-        for c in psutil.net_connections("tcp")
-        if c.status == psutil.CONN_LISTEN and c.laddr.port == victim_port
-    )
+    victim_pid = _listening_pid(urls[1])
 
     async def run() -> None:
         async with RolloutClient(urls, request_timeout_s=60, **FAST) as client:
@@ -342,6 +345,39 @@ def test_killed_server_requests_finish_on_survivor_and_restart_rejoins(
 
     asyncio.run(run())
     assert engines[1].url == urls[1]
+
+
+@pytest.mark.parametrize("outage_timeout_s", [60.0, 0.0])
+def test_with_every_server_down_requests_wait_for_a_restart(toy_model_dir: Path, outage_timeout_s: float):
+    """The only server crashes mid-request and comes back on its port: within ``outage_timeout_s`` the
+    requests wait for it and finish from their tokens so far; with 0 they fail at once."""
+    [engine] = _start_engines(toy_model_dir, [None])
+    port = int(engine.url.rsplit(":", 1)[1])
+    restarted: list[CpuEngineProcess] = []
+
+    async def run() -> None:
+        async with RolloutClient([engine.url], outage_timeout_s=outage_timeout_s, **FAST) as client:
+            params = {"max_new_tokens": 300, "temperature": 1.0, "ignore_eos": True}
+            tasks = [asyncio.create_task(client.generate([1, 60 + i], params)) for i in range(3)]
+            await _wait_until_generating([engine.url])
+            os.kill(_listening_pid(engine.url), signal.SIGKILL)
+            if not outage_timeout_s:
+                for outcome in await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30):
+                    assert isinstance(outcome, NoServerAvailableError)
+                return
+            await asyncio.sleep(1.5)
+            assert not any(t.done() for t in tasks), "the requests must wait while no server is up"
+            restarted.extend(await asyncio.to_thread(_start_engines, toy_model_dir, [port]))
+            outs = await asyncio.wait_for(asyncio.gather(*tasks), 120)
+            assert all(o.finish_reason == "length" and len(o.token_ids) == 300 for o in outs)
+            assert all(o.num_failovers >= 1 for o in outs)
+            assert client.server_status()[0]["up"]
+
+    try:
+        asyncio.run(run())
+    finally:
+        for e in [engine, *restarted]:
+            e.stop()
 
 
 def test_hanging_server_times_out_and_request_retries_elsewhere(engines: list[CpuEngineProcess]) -> None:

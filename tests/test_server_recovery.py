@@ -1,0 +1,79 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""The trainer's control flow when a rollout server dies during a weight sync, with the death injected.
+
+The real path (a SIGKILLed server, restarted, re-joined and synced) runs end to end in ``test_e2e.py``;
+there the death lands between syncs. This covers the other timing: the server dies mid-sync.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rllm_fully_async.param_sync import ParamSyncError, SyncStats
+from rllm_fully_async.trainer import FullyAsyncTrainer
+
+URL = "http://127.0.0.1:1"
+
+
+class Servers:
+    """Injected fault: ``die()`` kills the server; ``restart_dead`` brings it back."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log, self.dead = log, []
+
+    def die(self) -> None:
+        self.dead = [URL]
+
+    def check(self) -> list[str]:
+        return list(self.dead)
+
+    def restart_dead(self) -> list[str]:
+        restarted, self.dead = self.dead, []
+        self.log.append(f"restart {restarted}")
+        return restarted
+
+
+class ParamSyncKilledMidSync:
+    """Injected fault: the first sync kills the server and fails the way ParamSync does then."""
+
+    def __init__(self, servers: Servers, log: list[str], error: type[Exception]) -> None:
+        self.servers, self.log, self.error, self.failed = servers, log, error, False
+
+    def sync(self, version: int) -> SyncStats:
+        self.log.append(f"sync {version}")
+        if not self.failed:
+            self.failed = True
+            self.servers.die()
+            raise self.error(f"weight sync step update_weights_from_distributed failed on {URL}")
+        return SyncStats(version, 0.0, 0.0, 0.0, 0.0, 0, 0)
+
+    def rejoin(self) -> None:
+        self.log.append("rejoin")
+
+
+def trainer_with(servers, param_sync) -> FullyAsyncTrainer:
+    trainer = FullyAsyncTrainer.__new__(FullyAsyncTrainer)  # only the recovery attributes are needed
+    trainer.servers, trainer.param_sync = servers, param_sync
+    trainer.param_version, trainer.servers_restarted = 2, 0
+    return trainer
+
+
+@pytest.mark.parametrize("error", [ParamSyncError, TimeoutError])
+def test_a_server_dying_mid_sync_is_restarted_rejoined_and_the_sync_repeated(error):
+    log: list[str] = []
+    servers = Servers(log)
+    trainer = trainer_with(servers, ParamSyncKilledMidSync(servers, log, error))
+    stats = trainer._push_weights(3)
+    assert stats.version == 3 and trainer.servers_restarted == 1
+    # the restarted server first gets the current weights (version 2), then the new ones
+    assert log == ["sync 3", f"restart {[URL]}", "rejoin", "sync 2", "sync 3"]
+
+
+def test_a_failed_sync_with_every_server_alive_is_raised():
+    log: list[str] = []
+    servers = Servers(log)
+    param_sync = ParamSyncKilledMidSync(servers, log, ParamSyncError)
+    servers.die = lambda: None  # the sync fails, but no server died: nothing to recover, the error stands
+    with pytest.raises(ParamSyncError, match="update_weights_from_distributed failed"):
+        trainer_with(servers, param_sync)._push_weights(3)
+    assert log == ["sync 3"]

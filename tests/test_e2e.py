@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -133,34 +135,38 @@ def test_fully_async_run_keeps_its_invariants(task, tmp_path):
         assert state["drawn"] == trained + filtered + len(state["queued"]) + len(state["in_flight"]), step_dir
 
 
-def test_sigkill_and_resume_trains_every_prompt_exactly_once_per_epoch(task, tmp_path):
-    cmd = command(task, tmp_path, "trainer.save_freq=1", "trainer.total_epochs=2")
-    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(tmp_path / "first.jsonl")}
-    first = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    tracker = tmp_path / "ckpt" / "latest_checkpointed_iteration.txt"
-    deadline = time.time() + 300
+@contextmanager
+def in_background(cmd: list[str], out: Path, log: Path) -> Iterator[subprocess.Popen]:
+    """The run in a session of its own; on the way out everything it started (Ray, the engines) is killed."""
+    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(out / "metrics.jsonl"), "RAY_DEDUP_LOGS": "0"}
+    with open(log, "w") as sink:
+        run = subprocess.Popen(cmd, cwd=out, env=env, start_new_session=True, stdout=sink, stderr=sink)
     try:
-        while time.time() < deadline and first.poll() is None:
-            if tracker.exists() and int(tracker.read_text() or 0) >= 4:
-                break
-            time.sleep(0.2)
-        assert first.poll() is None, "the first run ended before it could be killed"
-        assert tracker.exists(), "no checkpoint within 300 s"
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
+        yield run
     finally:
-        # everything the killed run started (Ray, the engine) lives in its session
         try:
-            os.killpg(first.pid, signal.SIGKILL)
+            os.killpg(run.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def wait_while_running(run: subprocess.Popen, ready: Callable[[], bool], log: Path, timeout_s: float = 300):
+    deadline = time.time() + timeout_s
+    while not ready():
+        assert run.poll() is None, "the run ended too early:\n" + log.read_text()[-3000:]
+        assert time.time() < deadline, f"not ready within {timeout_s} s"
+        time.sleep(0.2)
+
+
+def test_sigkill_and_resume_trains_every_prompt_exactly_once_per_epoch(task, tmp_path):
+    cmd = command(task, tmp_path, "trainer.save_freq=1", "trainer.total_epochs=2")
+    tracker = tmp_path / "ckpt" / "latest_checkpointed_iteration.txt"
+    log = tmp_path / "first.log"
+    with in_background(cmd, tmp_path, log) as first:
+        wait_while_running(first, lambda: tracker.exists() and int(tracker.read_text() or 0) >= 4, log)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    (tmp_path / "metrics.jsonl").unlink(missing_ok=True)  # the resumed run's steps only, below
     killed_at = int(tracker.read_text())
     assert killed_at < 2 * NUM_PROMPTS // 4
 
@@ -185,27 +191,15 @@ def test_a_killed_rollout_server_is_restarted_rejoined_and_no_prompt_is_lost(tas
     cmd = command(
         task, tmp_path, f"rollout_servers.num_servers={num_servers}", f"rollout_servers.log_dir={servers}"
     )
-    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(tmp_path / "metrics.jsonl")}
     log = tmp_path / "main.log"
-    with open(log, "w") as out:
-        run = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=out, stderr=out)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and run.poll() is None:
-            if (tmp_path / "metrics.jsonl").exists() and len(step_metrics(tmp_path)) >= 2:
-                break
-            time.sleep(0.2)
-        assert run.poll() is None, "the run ended before a server was killed:\n" + log.read_text()[-3000:]
+    with in_background(cmd, tmp_path, log) as run:
+        metrics = tmp_path / "metrics.jsonl"
+        wait_while_running(run, lambda: metrics.exists() and len(step_metrics(tmp_path)) >= 2, log)
         engines = engine_processes(run.pid)
         assert len(engines) == num_servers, [p.cmdline() for p in engines]
         port = engines[0].cmdline()[engines[0].cmdline().index("--port") + 1]
         engines[0].kill()
         run.wait(timeout=400)
-    finally:
-        try:
-            os.killpg(run.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     text = log.read_text()
     assert run.returncode == 0, text[-5000:]
     assert f":{port}'] died and were restarted" in text

@@ -288,8 +288,8 @@ class FullyAsyncTrainer(RayPPOTrainer):
 
     def _recover_servers(self) -> float:
         """Restart the rollout servers that died, re-form the weight-update group with them, and push the
-        current weights: a restarted server starts from the initial model. Generation meanwhile went on
-        on the other servers; what the dead one was generating failed over or was retried.
+        current weights: a restarted server starts from the initial model. Meanwhile what the dead one was
+        generating failed over to the other servers, or, with none left, waited for it to come back.
 
         Returns the seconds it took, 0 when every server is alive."""
         if self.servers is None or not self.servers.check():

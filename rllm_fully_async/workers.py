@@ -266,14 +266,15 @@ class WeightSyncMixin:
             )
             for bucket in buckets:
                 if group is not None:
-                    tensors = [t.to(dtype=target_dtype or t.dtype).contiguous() for _name, t in bucket]
+                    # converted one at a time, so tensor by tensor never holds a converted copy of the bucket
+                    tensors = (t.to(dtype=target_dtype or t.dtype).contiguous() for _name, t in bucket)
                     if flattened:
                         tensors = [torch.cat([t.reshape(-1).view(torch.uint8) for t in tensors])]
                     for tensor in tensors:
                         broadcast_tensor(group, tensor, src=0)
                         sent += tensor.numel() * tensor.element_size()
-                    broadcasts += len(tensors)
-                    del tensors
+                        broadcasts += 1
+                    del tensors, tensor
                 del bucket
         return {"bytes": sent, "broadcasts": broadcasts, "seconds": time.perf_counter() - start}
 

@@ -447,31 +447,37 @@ def timed_trainer_class() -> type:
     return TimedTrainer
 
 
+def compose(config_name: str, overrides: Sequence[str]) -> Any:
+    """One of the project's Hydra configs with ``overrides``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from rllm_fully_async.paths import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        return hydra_compose(config_name, overrides=list(overrides))
+
+
 def compose_config(
     settings: BenchSettings, task: Task, engine_url: str, label: str, overrides: Sequence[str]
 ):
     """The CPU default config with the benchmark's task and the shared engine, plus ``overrides``."""
-    from hydra import compose, initialize_config_dir
-
-    from rllm_fully_async.paths import config_dir
-
     name = "".join(c if c.isalnum() else "_" for c in label)
     s = settings
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return compose(s.config_name, overrides=[
-            f"actor_rollout_ref.model.path={task.model_path}", f"data.train_files={task.train_file}",
-            "data.val_files=null", f"data.max_response_length={s.length_max}", f"data.seed={s.seed}",
-            f"actor_rollout_ref.rollout.n={s.n}",
-            f"actor_rollout_ref.actor.ppo_mini_batch_size={s.groups_per_step}",
-            "actor_rollout_ref.actor.ppo_epochs=1", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=4096",
-            "trainer.total_epochs=1", "trainer.test_freq=-1",
-            f"async_training.max_concurrency={s.max_concurrency}",
-            "async_training.rollout_fn=rllm_fully_async.bench:long_tail_rollout",
-            f"rollout_servers.urls=[{engine_url}]", f"trainer.total_training_steps={s.steps}",
-            f"trainer.default_local_dir={Path(s.out).resolve() / 'runs' / name}",
-            "trainer.resume_mode=disable",
-            "trainer.logger=[]", f"trainer.experiment_name=bench_{name}", *s.overrides, *overrides,
-        ])  # fmt: skip
+    return compose(s.config_name, [
+        f"actor_rollout_ref.model.path={task.model_path}", f"data.train_files={task.train_file}",
+        "data.val_files=null", f"data.max_response_length={s.length_max}", f"data.seed={s.seed}",
+        f"actor_rollout_ref.rollout.n={s.n}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={s.groups_per_step}",
+        "actor_rollout_ref.actor.ppo_epochs=1", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=4096",
+        "trainer.total_epochs=1", "trainer.test_freq=-1",
+        f"async_training.max_concurrency={s.max_concurrency}",
+        "async_training.rollout_fn=rllm_fully_async.bench:long_tail_rollout",
+        f"rollout_servers.urls=[{engine_url}]", f"trainer.total_training_steps={s.steps}",
+        f"trainer.default_local_dir={Path(s.out).resolve() / 'runs' / name}",
+        "trainer.resume_mode=disable",
+        "trainer.logger=[]", f"trainer.experiment_name=bench_{name}", *s.overrides, *overrides,
+    ])  # fmt: skip
 
 
 def async_overrides(staleness: float, trigger: int, partial_rollout: bool) -> list[str]:
@@ -797,18 +803,13 @@ def bench_weight_sync(settings: BenchSettings, placement: Placement) -> dict[str
 def _weight_sync_row(model: Path, placement: Placement) -> dict[str, Any]:
     """Three syncs of one model through ParamSync in the configured load format, three tensor by tensor
     (the baseline), and the raw broadcast of the same bytes."""
-    from hydra import compose, initialize_config_dir
-
     from rllm_fully_async.param_sync import ClientGate, ParamSync
-    from rllm_fully_async.paths import config_dir
     from rllm_fully_async.workers import create_actor_worker_group, shutdown_worker_group
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        overrides = [
-            f"actor_rollout_ref.model.path={model}",
-            "actor_rollout_ref.actor.optim.total_training_steps=1",
-        ]
-        cfg = compose("fully_async_ppo_cpu", overrides=overrides)
+    cfg = compose(
+        "fully_async_ppo_cpu",
+        [f"actor_rollout_ref.model.path={model}", "actor_rollout_ref.actor.optim.total_training_steps=1"],
+    )
     engine = Engine.start_on(placement.gen_cores, str(model))
     load_format = cfg.async_training.weight_sync_load_format
     wg = gate = None

@@ -41,6 +41,9 @@ STATE_FILE = "fully_async_state.pt"
 LEDGER_FILE = "ledger.json"
 # How often the trainer looks for dead rollout servers while it waits for a batch.
 SERVER_CHECK_INTERVAL_S = 5.0
+# After a failed weight sync, how long a server death may take to show: a dying server's connections
+# close a moment before its process has exited.
+SERVER_DEATH_GRACE_S = 5.0
 
 
 @dataclass
@@ -314,11 +317,23 @@ class FullyAsyncTrainer(RayPPOTrainer):
         try:
             return self.param_sync.sync(version)
         except (ParamSyncError, TimeoutError) as e:
-            if self.servers is None or not self.servers.check():
+            if not self._a_server_died():
                 raise
             print(f"weight sync to version {version} failed, a rollout server died: {e}", flush=True)
         self._recover_servers()
         return self.param_sync.sync(version)
+
+    def _a_server_died(self) -> bool:
+        """Whether a rollout server this run started is dead, waiting up to ``SERVER_DEATH_GRACE_S`` for one
+        that is dying to exit."""
+        if self.servers is None:
+            return False
+        deadline = time.monotonic() + SERVER_DEATH_GRACE_S
+        while not self.servers.check():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _sync_weights(self) -> dict[str, float]:
         start = time.perf_counter()

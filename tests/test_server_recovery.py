@@ -16,15 +16,21 @@ URL = "http://127.0.0.1:1"
 
 
 class Servers:
-    """Injected fault: ``die()`` kills the server; ``restart_dead`` brings it back."""
+    """Injected fault: ``die()`` kills the server, which shows as dead only after ``checks_to_exit`` more
+    checks (a dying process exits a moment after its connections close); ``restart_dead`` brings it back."""
 
-    def __init__(self, log: list[str]) -> None:
-        self.log, self.dead = log, []
+    def __init__(self, log: list[str], checks_to_exit: int = 0) -> None:
+        self.log, self.dead, self.checks_to_exit = log, [], checks_to_exit
+        self.dying = False
 
     def die(self) -> None:
-        self.dead = [URL]
+        self.dying = True
 
     def check(self) -> list[str]:
+        if self.dying:
+            if self.checks_to_exit == 0:
+                self.dead, self.dying = [URL], False
+            self.checks_to_exit -= 1
         return list(self.dead)
 
     def restart_dead(self) -> list[str]:
@@ -58,10 +64,12 @@ def trainer_with(servers, param_sync) -> FullyAsyncTrainer:
     return trainer
 
 
-@pytest.mark.parametrize("error", [ParamSyncError, TimeoutError])
-def test_a_server_dying_mid_sync_is_restarted_rejoined_and_the_sync_repeated(error):
+@pytest.mark.parametrize(
+    ("error", "checks_to_exit"), [(ParamSyncError, 0), (TimeoutError, 0), (ParamSyncError, 3)]
+)
+def test_a_server_dying_mid_sync_is_restarted_rejoined_and_the_sync_repeated(error, checks_to_exit):
     log: list[str] = []
-    servers = Servers(log)
+    servers = Servers(log, checks_to_exit)
     trainer = trainer_with(servers, ParamSyncKilledMidSync(servers, log, error))
     stats = trainer._push_weights(3)
     assert stats.version == 3 and trainer.servers_restarted == 1

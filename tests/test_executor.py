@@ -303,7 +303,18 @@ def test_pause_resume_across_a_version_change(pipeline, files, toy_model_dir, en
 
 
 def test_checkpoint_mid_run_resumes_without_losing_or_repeating(pipeline, files, toy_model_dir):
-    cfg = config(files, toy_model_dir, data="small", n=2, epochs=2, max_concurrency=4)
+    # All 4 prompts of epoch 0 are drawn at the start (8 slots), and their long generations (ignore_eos)
+    # cannot finish before the draws: when the trainer has taken 2 groups, the other 2 are surely in progress.
+    cfg = config(
+        files,
+        toy_model_dir,
+        data="small",
+        n=2,
+        epochs=2,
+        max_response_length=64,
+        max_concurrency=8,
+        rollout_fn=f"{files['rollout']}:to_the_limit",
+    )
     queue, executor = pipeline(cfg, max_queue_size=2)
     queue2, executor2 = pipeline(cfg, max_queue_size=2)  # the resumed run's actors, starting meanwhile
     run = executor.run.remote()

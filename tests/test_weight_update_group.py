@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import random
 import socket
 
 import pytest
@@ -13,9 +14,18 @@ from rllm_fully_async.weight_update_group import tcp_init_method
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range. A port the kernel handed out (bind to 0) can be handed out
+    again, to any outgoing connection, before the rank that is to listen on it binds it."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
+    for port in random.sample(range(20000, min(ephemeral_low, 32768)), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def _rank_main(rank: int, port: int, default_group_port: int | None, results: mp.Queue) -> None:

@@ -12,7 +12,7 @@ import os
 
 from omegaconf import DictConfig
 
-from rllm_fully_async.param_sync import LOAD_FORMATS
+from rllm_fully_async.sync.param_sync import LOAD_FORMATS
 
 ASYNC_KEYS = {
     "mode",
@@ -91,7 +91,7 @@ def cuda_available() -> bool:
 
 def queue_bound(cfg: DictConfig) -> int:
     """``max_queue_size``, or by default the groups one sync window may launch (the admission budget)."""
-    from rllm_fully_async.staleness import window_budget
+    from rllm_fully_async.rollout.staleness import window_budget
 
     a = cfg.async_training
     if a.max_queue_size is not None:

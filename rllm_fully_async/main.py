@@ -20,8 +20,8 @@ import ray
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rllm_fully_async.config_validation import ConfigError, cuda_available, queue_bound, validate
-from rllm_fully_async.metrics import RunSummary
 from rllm_fully_async.paths import config_dir
+from rllm_fully_async.trainer.metrics import RunSummary
 
 GPU_DEFAULT_CONFIG = "fully_async_ppo_trainer"
 CPU_DEFAULT_CONFIG = "fully_async_ppo_cpu"
@@ -35,11 +35,11 @@ def fill_toy_defaults(cfg: DictConfig) -> None:
     base = Path(os.path.expanduser(cfg.trainer.default_local_dir)).resolve().parent / "toy_assets"
     with open_dict(cfg):
         if cfg.actor_rollout_ref.model.path == TOY:
-            from rllm_fully_async import toy
+            from rllm_fully_async.toy import model as toy_model
 
-            cfg.actor_rollout_ref.model.path = str(toy.ensure_built(base / "model"))
+            cfg.actor_rollout_ref.model.path = str(toy_model.ensure_built(base / "model"))
         if TOY in (cfg.data.train_files, cfg.data.val_files):
-            from rllm_fully_async import toy_task
+            from rllm_fully_async.toy import task as toy_task
 
             train, val = toy_task.ensure_dataset(base / "data")
             cfg.data.train_files = train if cfg.data.train_files == TOY else cfg.data.train_files
@@ -94,14 +94,14 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
     from transformers import AutoTokenizer
     from verl.trainer.ppo.utils import need_reference_policy
 
-    from rllm_fully_async.executor import RolloutExecutor
     from rllm_fully_async.message_queue import MessageQueue
-    from rllm_fully_async.param_sync import ParamSync
     from rllm_fully_async.patches import require_patched_verl
-    from rllm_fully_async.rollout_servers import RolloutServers, start_rollout_servers
-    from rllm_fully_async.trainer import ExecutorGate, FullyAsyncTrainer
-    from rllm_fully_async.validation import Validator
-    from rllm_fully_async.workers import create_actor_worker_group, shutdown_worker_group
+    from rllm_fully_async.rollout.executor import RolloutExecutor
+    from rllm_fully_async.servers.rollout_servers import RolloutServers, start_rollout_servers
+    from rllm_fully_async.sync.param_sync import ParamSync
+    from rllm_fully_async.trainer.fully_async_trainer import ExecutorGate, FullyAsyncTrainer
+    from rllm_fully_async.trainer.validation import Validator
+    from rllm_fully_async.trainer.workers import create_actor_worker_group, shutdown_worker_group
 
     has_cuda = cuda_available()
     fill_toy_defaults(cfg)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import ray
 
-from rllm_fully_async.trajectory import Prompt, TrajectoryGroup
+from rllm_fully_async.rollout.trajectory import Prompt, TrajectoryGroup
 
 STALENESS_POLICIES = ("drop", "keep")
 # Filter reason used when a too-stale group is returned after the producer has finished: nobody is

@@ -10,17 +10,21 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _package_dir(package: str, repo_dir: str) -> Path:
-    """The installed package-data directory, else the directory of the same name in a source checkout."""
+    """The directory of a source checkout this package lives in, else the installed package data.
+
+    The checkout comes first so that a second checkout run with the same editable install (or with
+    ``PYTHONPATH``) reads its own configs and patches, not those of the checkout that was installed.
+    """
+    in_checkout = _REPO_ROOT / repo_dir
+    if (_REPO_ROOT / "pyproject.toml").is_file() and in_checkout.is_dir():
+        return in_checkout
     try:
         found = Path(str(importlib.resources.files(package)))
         if found.is_dir():
             return found
     except ModuleNotFoundError:
         pass
-    fallback = _REPO_ROOT / repo_dir
-    if not fallback.is_dir():
-        raise FileNotFoundError(f"cannot find {repo_dir}/ (package {package}); reinstall rllm_fully_async")
-    return fallback
+    raise FileNotFoundError(f"cannot find {repo_dir}/ (package {package}); reinstall rllm_fully_async")
 
 
 def config_dir() -> Path:

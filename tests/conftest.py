@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from rllm_fully_async import toy
+from rllm_fully_async.toy import model as toy_model
 
 
 @pytest.fixture(scope="session")
 def toy_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The offline tiny checkpoint, built once per test session."""
-    return toy.ensure_built(tmp_path_factory.mktemp("toy"))
+    return toy_model.ensure_built(tmp_path_factory.mktemp("toy"))
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ import torch
 from verl.trainer.ppo.core_algos import AdvantageEstimator
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
-from rllm_fully_async.batch import build_batch
-from rllm_fully_async.trajectory import Sample, TrajectoryGroup
+from rllm_fully_async.rollout.trajectory import Sample, TrajectoryGroup
+from rllm_fully_async.trainer.batch import build_batch
 
 PAD = 3
 

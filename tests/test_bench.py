@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from rllm_fully_async import bench
+from rllm_fully_async.bench import run as bench
 
 
 def test_lengths_are_long_tailed_clipped_and_reproducible():
@@ -90,7 +90,7 @@ def test_smoke_run_writes_results_and_plots(tmp_path):
 
 def test_smoke_run_against_a_running_server(tmp_path, toy_model_dir):
     """``--engine-url``: the path a GPU host takes with its SGLang server; here the CPU engine, unpinned."""
-    from rllm_fully_async.cpu_engine import CpuEngineProcess
+    from rllm_fully_async.cpu_engine.server import CpuEngineProcess
 
     engine = CpuEngineProcess(str(toy_model_dir), num_threads=1).start(timeout_s=120)
     try:

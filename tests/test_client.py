@@ -25,8 +25,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rllm_fully_async import toy
-from rllm_fully_async.client import (
+from rllm_fully_async.cpu_engine.server import CpuEngineProcess
+from rllm_fully_async.rollout.client import (
     GenerationOutput,
     NoServerAvailableError,
     RolloutClient,
@@ -36,12 +36,12 @@ from rllm_fully_async.client import (
     parse_load,
     parse_weight_version,
 )
-from rllm_fully_async.cpu_engine import CpuEngineProcess
-from rllm_fully_async.weight_update_group import (
+from rllm_fully_async.sync.weight_update_group import (
     broadcast_tensor,
     destroy_weight_update_group,
     init_weight_update_group,
 )
+from rllm_fully_async.toy import model as toy_model
 
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 FAST = {"backoff_s": 0.1, "health_check_interval_s": 0.3, "health_timeout_s": 2.0}
@@ -93,7 +93,7 @@ def engines(toy_model_dir: Path) -> Iterator[list[CpuEngineProcess]]:
 
 @pytest.fixture(scope="module")
 def seed1_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return toy.ensure_built(tmp_path_factory.mktemp("toy_seed1"), seed=1)
+    return toy_model.ensure_built(tmp_path_factory.mktemp("toy_seed1"), seed=1)
 
 
 async def _wait_until_generating(urls: list[str], min_tokens: int = 4, timeout_s: float = 60.0) -> None:

@@ -19,14 +19,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rllm_fully_async import toy
-from rllm_fully_async.cpu_engine import CpuEngineProcess
-from rllm_fully_async.tensor_payload import serialize_named_tensors
-from rllm_fully_async.weight_update_group import (
+from rllm_fully_async.cpu_engine.server import CpuEngineProcess
+from rllm_fully_async.sync.tensor_payload import serialize_named_tensors
+from rllm_fully_async.sync.weight_update_group import (
     broadcast_tensor,
     destroy_weight_update_group,
     init_weight_update_group,
 )
+from rllm_fully_async.toy import model as toy_model
 
 EOS = 2
 LONG = {"max_new_tokens": 900, "ignore_eos": True, "temperature": 1.0}
@@ -471,7 +471,7 @@ def _assert_serves(url: str, model, version: str) -> None:
 
 
 def test_update_weights_from_distributed_over_gloo(weights_engine: str, tmp_path: Path) -> None:
-    new_model = AutoModelForCausalLM.from_pretrained(toy.build(tmp_path / "seed1", seed=1)).eval()
+    new_model = AutoModelForCausalLM.from_pretrained(toy_model.build(tmp_path / "seed1", seed=1)).eval()
     params = [(n, p.detach()) for n, p in new_model.named_parameters()]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -522,7 +522,7 @@ def test_update_weights_from_distributed_over_gloo(weights_engine: str, tmp_path
 def test_update_weights_from_disk_and_from_tensor(
     weights_engine: str, toy_model_dir: Path, tmp_path: Path
 ) -> None:
-    disk_dir = toy.build(tmp_path / "seed2", seed=2)
+    disk_dir = toy_model.build(tmp_path / "seed2", seed=2)
     status, answer = post(
         weights_engine, "/update_weights_from_disk", {"model_path": str(disk_dir), "weight_version": "2"}
     )

@@ -18,10 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from rllm_fully_async.cpu_engine import CpuEngineProcess
-from rllm_fully_async.executor import RolloutExecutor, load_prompts
+from rllm_fully_async.cpu_engine.server import CpuEngineProcess
 from rllm_fully_async.message_queue import MessageQueue
-from rllm_fully_async.rollout import chat_prompt_ids, load_reward_fn, load_rollout_fn, single_turn_chat
+from rllm_fully_async.rollout.executor import RolloutExecutor, load_prompts
+from rllm_fully_async.rollout.rollout_fn import (
+    chat_prompt_ids,
+    load_reward_fn,
+    load_rollout_fn,
+    single_turn_chat,
+)
 
 FAILING, FLAKY, OVERLONG = {103, 107}, 105, 112
 
@@ -31,7 +36,7 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
 """
 
 ROLLOUT_FN = """
-from rllm_fully_async.rollout import single_turn_chat
+from rllm_fully_async.rollout.rollout_fn import single_turn_chat
 
 calls = {}
 
@@ -343,13 +348,13 @@ def test_checkpoint_mid_run_resumes_without_losing_or_repeating(pipeline, files,
 
 def test_loaders_give_clear_errors(files, tmp_path):
     assert load_rollout_fn(None) is single_turn_chat
-    assert load_rollout_fn("rllm_fully_async.rollout:single_turn_chat") is single_turn_chat
+    assert load_rollout_fn("rllm_fully_async.rollout.rollout_fn:single_turn_chat") is single_turn_chat
     with pytest.raises(ValueError, match="expected 'package.module:function'"):
-        load_rollout_fn("rllm_fully_async.rollout")
+        load_rollout_fn("rllm_fully_async.rollout.rollout_fn")
     with pytest.raises(AttributeError, match="no function 'nope'.*'rollout'"):
         load_rollout_fn(f"{files['rollout']}:nope")
     with pytest.raises(TypeError, match="must be an async function"):
-        load_rollout_fn("rllm_fully_async.rollout:chat_prompt_ids")
+        load_rollout_fn("rllm_fully_async.rollout.rollout_fn:chat_prompt_ids")
 
     from verl.utils.reward_score import default_compute_score
 

@@ -10,7 +10,7 @@ import pytest
 import ray
 
 from rllm_fully_async.message_queue import MessageQueue
-from rllm_fully_async.trajectory import Sample, TrajectoryGroup
+from rllm_fully_async.rollout.trajectory import Sample, TrajectoryGroup
 
 
 def make_group(uid: str, epoch: int = 0, version: int = 0, n: int = 2) -> TrajectoryGroup:

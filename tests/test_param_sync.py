@@ -15,9 +15,9 @@ import torch
 from transformers import AutoModelForCausalLM
 from worker_helpers import actor_config, greedy_reference, ppo_batch
 
-from rllm_fully_async.client import parse_weight_version
-from rllm_fully_async.cpu_engine import CpuEngineProcess
-from rllm_fully_async.param_sync import (
+from rllm_fully_async.cpu_engine.server import CpuEngineProcess
+from rllm_fully_async.rollout.client import parse_weight_version
+from rllm_fully_async.sync.param_sync import (
     ClientGate,
     ParamSync,
     ParamSyncError,
@@ -25,7 +25,7 @@ from rllm_fully_async.param_sync import (
     metadata_nbytes,
     split_into_buckets,
 )
-from rllm_fully_async.workers import create_actor_worker_group, shutdown_worker_group
+from rllm_fully_async.trainer.workers import create_actor_worker_group, shutdown_worker_group
 
 PROMPTS = [[5, 6, 7, 8, 9], [40, 41, 42], [100, 17, 250, 3, 12, 99, 7]]
 NEW_TOKENS = 6

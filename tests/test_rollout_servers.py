@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rllm_fully_async.rollout_servers import (
+from rllm_fully_async.servers.rollout_servers import (
     ExternalRolloutServers,
     RolloutServerError,
     RolloutServers,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from rllm_fully_async.param_sync import ParamSyncError, SyncStats
-from rllm_fully_async.trainer import FullyAsyncTrainer
+from rllm_fully_async.sync.param_sync import ParamSyncError, SyncStats
+from rllm_fully_async.trainer.fully_async_trainer import FullyAsyncTrainer
 
 URL = "http://127.0.0.1:1"
 

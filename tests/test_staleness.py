@@ -7,8 +7,8 @@ import pytest
 import ray
 
 from rllm_fully_async.message_queue import STALE_AFTER_END, MessageQueue
-from rllm_fully_async.staleness import AdmissionController, staleness, window_budget
-from rllm_fully_async.trajectory import Sample, TrajectoryGroup
+from rllm_fully_async.rollout.staleness import AdmissionController, staleness, window_budget
+from rllm_fully_async.rollout.trajectory import Sample, TrajectoryGroup
 
 
 @pytest.mark.parametrize(

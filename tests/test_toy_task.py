@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from rllm_fully_async import toy_task
+from rllm_fully_async.toy import task as toy_task
 
 
 def test_rows_are_in_verl_format_and_balanced():

@@ -10,7 +10,7 @@ import socket
 import pytest
 import torch
 
-from rllm_fully_async.weight_update_group import tcp_init_method
+from rllm_fully_async.sync.weight_update_group import tcp_init_method
 
 
 def _free_port() -> int:
@@ -32,7 +32,7 @@ def _rank_main(rank: int, port: int, default_group_port: int | None, results: mp
     """One rank: optionally its own default gloo world first, then two named weight-update groups."""
     import torch.distributed as dist
 
-    from rllm_fully_async.weight_update_group import (
+    from rllm_fully_async.sync.weight_update_group import (
         broadcast_tensor,
         destroy_weight_update_group,
         init_weight_update_group,
@@ -94,7 +94,7 @@ def test_tcp_init_method_brackets_ipv6() -> None:
 
 
 def test_bad_rank_is_rejected_before_any_rendezvous() -> None:
-    from rllm_fully_async.weight_update_group import init_weight_update_group
+    from rllm_fully_async.sync.weight_update_group import init_weight_update_group
 
     with pytest.raises(ValueError, match="rank=2"):
         init_weight_update_group("127.0.0.1", _free_port(), 2, 2, "g")

@@ -10,7 +10,7 @@ from omegaconf import open_dict
 from transformers import AutoModelForCausalLM
 from worker_helpers import actor_config, ppo_batch
 
-from rllm_fully_async.workers import (
+from rllm_fully_async.trainer.workers import (
     MegatronUnavailableError,
     apply_cpu_overrides,
     create_actor_worker_group,

@@ -21,9 +21,9 @@ from typing import Any
 
 import ray
 
-from rllm_fully_async.rollout import chat_prompt_ids, load_reward_fn, load_rollout_fn
-from rllm_fully_async.staleness import AdmissionController
-from rllm_fully_async.trajectory import Prompt, Sample, TrajectoryGroup
+from rllm_fully_async.rollout.rollout_fn import chat_prompt_ids, load_reward_fn, load_rollout_fn
+from rllm_fully_async.rollout.staleness import AdmissionController
+from rllm_fully_async.rollout.trajectory import Prompt, Sample, TrajectoryGroup
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class RolloutExecutor:
         from omegaconf import DictConfig, OmegaConf
         from transformers import AutoTokenizer
 
-        from rllm_fully_async.client import RolloutClient
+        from rllm_fully_async.rollout.client import RolloutClient
 
         if isinstance(config, DictConfig):
             config = OmegaConf.to_container(config, resolve=True)
@@ -564,7 +564,7 @@ class RolloutExecutor:
             if not isinstance(sample, Sample):
                 raise TypeError(
                     f"rollout_fn {getattr(self._rollout_fn, '__name__', self._rollout_fn)!r} returned "
-                    f"{type(sample).__name__}; it must return rllm_fully_async.trajectory.Sample"
+                    f"{type(sample).__name__}; it must return rllm_fully_async.rollout.trajectory.Sample"
                 )
             return sample
         return error or RuntimeError("sibling sample failed")

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from rllm_fully_async.client import RolloutClient
-from rllm_fully_async.executor import ExecutorSettings, load_prompts
-from rllm_fully_async.rollout import load_reward_fn, load_rollout_fn
+from rllm_fully_async.rollout.client import RolloutClient
+from rllm_fully_async.rollout.executor import ExecutorSettings, load_prompts
+from rllm_fully_async.rollout.rollout_fn import load_reward_fn, load_rollout_fn
 
 
 class Validator:

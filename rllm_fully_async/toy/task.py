@@ -95,7 +95,7 @@ def compute_score(
     if not (isinstance(ground_truth, str) and _FIRST_DIGIT.fullmatch(ground_truth)):
         raise ValueError(
             f"{DATA_SOURCE}: reward_model.ground_truth must be one digit '0'-'9', got {ground_truth!r}; "
-            "rebuild the data with rllm_fully_async.toy_task.ensure_dataset"
+            "rebuild the data with rllm_fully_async.toy.task.ensure_dataset"
         )
     first = _FIRST_DIGIT.search(solution_str)
     return float(first is not None and first.group(0) == ground_truth)

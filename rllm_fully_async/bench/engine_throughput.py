@@ -1,7 +1,7 @@
 # Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
 """Throughput of the embedded CPU engine: N concurrent requests against one request at a time.
 
-    python benchmarks/bench_engine.py [--model-path DIR] [--concurrency 32] [--max-new-tokens 32]
+    python -m rllm_fully_async.bench.engine_throughput [--model-path DIR] [--concurrency 32]
 
 Without ``--model-path`` it builds the offline toy model in a temporary directory. Both phases run
 in the same engine and the same process, so the printed ratio shows what continuous batching buys.
@@ -16,8 +16,8 @@ import time
 
 import aiohttp
 
-from rllm_fully_async import toy
-from rllm_fully_async.cpu_engine import CpuEngineProcess
+from rllm_fully_async.cpu_engine.server import CpuEngineProcess
+from rllm_fully_async.toy import model as toy_model
 
 
 async def _generate(session: aiohttp.ClientSession, url: str, prompt: list[int], max_new_tokens: int) -> int:
@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_path = args.model_path or str(toy.build(tmp, seed=0))
+        model_path = args.model_path or str(toy_model.build(tmp, seed=0))
         with CpuEngineProcess(model_path, num_threads=args.num_threads) as engine:
             asyncio.run(_measure(engine.url, 4, 4, 4))  # warm-up
             one_at_a_time = asyncio.run(

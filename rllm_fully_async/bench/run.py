@@ -50,9 +50,9 @@ from typing import Any
 
 import numpy as np
 
-from rllm_fully_async.client import parse_load
-from rllm_fully_async.rollout import single_turn_chat
-from rllm_fully_async.trajectory import Sample, TrajectoryGroup
+from rllm_fully_async.rollout.client import parse_load
+from rllm_fully_async.rollout.rollout_fn import single_turn_chat
+from rllm_fully_async.rollout.trajectory import Sample, TrajectoryGroup
 
 # Sweep values; verl's published ablation varies the same keys.
 STALENESS_SWEEP = (0.0, 0.1, 0.3, 0.5, 1.0)
@@ -174,11 +174,12 @@ def build_task(settings: BenchSettings) -> Task:
     """The toy model at the chosen size and a verl-format dataset whose rows carry their response length."""
     import pandas as pd
 
-    from rllm_fully_async import toy
+    from rllm_fully_async.toy import model as toy_model
 
     root = Path(settings.out) / "task"
     s = settings
-    model = s.model_path or toy.build(root / "model", seed=0, **model_shape(s.hidden_size, s.num_layers))
+    shape = model_shape(s.hidden_size, s.num_layers)
+    model = s.model_path or toy_model.build(root / "model", seed=0, **shape)
     lengths = long_tail_lengths(
         s.num_prompts, s.length_median, s.length_sigma, s.length_min, s.length_max, s.seed
     )
@@ -349,7 +350,7 @@ class Engine:
     @classmethod
     def start_on(cls, cores: Sequence[int], model_path: str) -> Engine:
         """Start the CPU engine on ``cores``; the calling thread returns to its own cores afterwards."""
-        from rllm_fully_async.cpu_engine import CpuEngineProcess
+        from rllm_fully_async.cpu_engine.server import CpuEngineProcess
 
         own = os.sched_getaffinity(0)
         os.sched_setaffinity(0, cores)  # this thread only; the engine process inherits it and loads there
@@ -397,7 +398,7 @@ class RunRecord:
 def timed_trainer_class() -> type:
     """The trainer class the benchmark runs; built on first use, so that importing this module (which the
     rollout executor does for :func:`long_tail_rollout`) does not import verl's trainer."""
-    from rllm_fully_async.trainer import FullyAsyncTrainer
+    from rllm_fully_async.trainer.fully_async_trainer import FullyAsyncTrainer
 
     class TimedTrainer(FullyAsyncTrainer):
         """The production trainer, recording when it waits for data, trains and syncs weights.
@@ -472,7 +473,7 @@ def compose_config(
         "actor_rollout_ref.actor.ppo_epochs=1", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=4096",
         "trainer.total_epochs=1", "trainer.test_freq=-1",
         f"async_training.max_concurrency={s.max_concurrency}",
-        "async_training.rollout_fn=rllm_fully_async.bench:long_tail_rollout",
+        "async_training.rollout_fn=rllm_fully_async.bench.run:long_tail_rollout",
         f"rollout_servers.urls=[{engine_url}]", f"trainer.total_training_steps={s.steps}",
         f"trainer.default_local_dir={Path(s.out).resolve() / 'runs' / name}",
         "trainer.resume_mode=disable",
@@ -572,8 +573,8 @@ def measure_generation(
     import ray
     from omegaconf import OmegaConf
 
-    from rllm_fully_async.executor import RolloutExecutor
     from rllm_fully_async.message_queue import MessageQueue
+    from rllm_fully_async.rollout.executor import RolloutExecutor
 
     target = settings.gen_phase_batches * settings.groups_per_step
     wide = async_overrides(settings.num_prompts / settings.groups_per_step, 1, True)
@@ -742,7 +743,10 @@ def _queue_throughput(groups: list[TrajectoryGroup], batch: int, window: int = 1
 def _gloo_receiver(port: int, nbytes: int, repeats: int, cores: list[int]) -> None:
     import torch
 
-    from rllm_fully_async.weight_update_group import destroy_weight_update_group, init_weight_update_group
+    from rllm_fully_async.sync.weight_update_group import (
+        destroy_weight_update_group,
+        init_weight_update_group,
+    )
 
     pin_this_process(cores)
     group = init_weight_update_group("127.0.0.1", port, 1, 2, "bench_raw", backend="gloo", timeout_s=60)
@@ -760,7 +764,10 @@ def raw_gloo_broadcast_s(nbytes: int, placement: Placement, repeats: int = 3) ->
 
     import torch
 
-    from rllm_fully_async.weight_update_group import destroy_weight_update_group, init_weight_update_group
+    from rllm_fully_async.sync.weight_update_group import (
+        destroy_weight_update_group,
+        init_weight_update_group,
+    )
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -787,12 +794,12 @@ def raw_gloo_broadcast_s(nbytes: int, placement: Placement, repeats: int = 3) ->
 
 def bench_weight_sync(settings: BenchSettings, placement: Placement) -> dict[str, Any]:
     """ParamSync, the production path (FSDP worker, gloo, engine), against the raw bound, per model size."""
-    from rllm_fully_async import toy
+    from rllm_fully_async.toy import model as toy_model
 
     rows = []
     for shape in settings.weight_sync_shapes:
         with tempfile.TemporaryDirectory(prefix="bench_weights_") as tmp:
-            row = _weight_sync_row(toy.build(tmp, seed=0, **model_shape(*shape)), placement)
+            row = _weight_sync_row(toy_model.build(tmp, seed=0, **model_shape(*shape)), placement)
         rows.append({"shape": list(shape), **row})
         log(f"weight sync, {row['params'] / 1e6:.2f}M params: {row['transfer_s']:.3f}s "
             f"(raw gloo {row['raw_gloo_s']:.3f}s)")  # fmt: skip
@@ -803,8 +810,8 @@ def bench_weight_sync(settings: BenchSettings, placement: Placement) -> dict[str
 def _weight_sync_row(model: Path, placement: Placement) -> dict[str, Any]:
     """Three syncs of one model through ParamSync in the configured load format, three tensor by tensor
     (the baseline), and the raw broadcast of the same bytes."""
-    from rllm_fully_async.param_sync import ClientGate, ParamSync
-    from rllm_fully_async.workers import create_actor_worker_group, shutdown_worker_group
+    from rllm_fully_async.sync.param_sync import ClientGate, ParamSync
+    from rllm_fully_async.trainer.workers import create_actor_worker_group, shutdown_worker_group
 
     cfg = compose(
         "fully_async_ppo_cpu",
@@ -1159,7 +1166,3 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(table)
     print(f"\nwrote {out / 'bench.json'} and {', '.join(result['plots'])} in {result['wall_s']:.0f} s")
     return result
-
-
-if __name__ == "__main__":
-    main()

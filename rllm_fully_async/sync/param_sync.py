@@ -8,7 +8,7 @@ One sync is: pause generation (running requests are aborted and later resume as 
 prefix cache ▸ resume generation under the new version.
 
 The trainer process is synchronous; the servers' HTTP API is driven by a
-:class:`~rllm_fully_async.client.RolloutClient` on a private event loop in a background thread. Every
+:class:`~rllm_fully_async.rollout.client.RolloutClient` on a private event loop in a background thread. Every
 step waits at most ``timeout_s`` and then raises a :class:`TimeoutError` naming the step, so a dead
 or stuck server or worker fails the run instead of hanging it.
 """
@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 import ray
 import torch
 
-from rllm_fully_async.client import RolloutClient, RolloutClientError
+from rllm_fully_async.rollout.client import RolloutClient, RolloutClientError
 
 T = TypeVar("T")
 
@@ -172,7 +172,7 @@ class ClientGate:
 
 
 class ParamSync:
-    """Pushes weights from a training worker group (``rllm_fully_async.workers``) into rollout servers.
+    """Pushes weights from a training worker group (``trainer.workers``) into rollout servers.
 
     ``actor_wg`` is a ``RayWorkerGroup`` of those workers; rank 0 is group rank 0 of the weight-update
     group, server ``i`` (``tp_size`` ranks each) takes ranks ``1 + i * tp_size`` onward.

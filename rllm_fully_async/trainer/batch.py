@@ -16,7 +16,7 @@ import torch
 from verl import DataProto
 from verl.utils.model import compute_position_id_with_mask
 
-from rllm_fully_async.trajectory import TrajectoryGroup
+from rllm_fully_async.rollout.trajectory import TrajectoryGroup
 
 
 def _pad(

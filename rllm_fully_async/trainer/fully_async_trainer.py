@@ -32,10 +32,10 @@ from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from verl.utils.debug import marked_timer
 from verl.utils.metric import reduce_metrics
 
-from rllm_fully_async.batch import build_batch
-from rllm_fully_async.metrics import RunSummary, async_metrics
-from rllm_fully_async.param_sync import ParamSync, ParamSyncError, SyncStats
-from rllm_fully_async.rollout_servers import RolloutServers
+from rllm_fully_async.servers.rollout_servers import RolloutServers
+from rllm_fully_async.sync.param_sync import ParamSync, ParamSyncError, SyncStats
+from rllm_fully_async.trainer.batch import build_batch
+from rllm_fully_async.trainer.metrics import RunSummary, async_metrics
 
 STATE_FILE = "fully_async_state.pt"
 LEDGER_FILE = "ledger.json"

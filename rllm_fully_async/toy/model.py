@@ -134,7 +134,3 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     path = build(args.out, seed=args.seed)
     print(f"toy model written to {path}")
-
-
-if __name__ == "__main__":
-    main()

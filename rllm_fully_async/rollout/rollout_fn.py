@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from rllm_fully_async.trajectory import Sample
+from rllm_fully_async.rollout.trajectory import Sample
 
 RewardFn = Callable[..., Any]
 RolloutFn = Callable[..., Any]

@@ -42,15 +42,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from rllm_fully_async.cpu_engine_scheduler import (
+from rllm_fully_async.cpu_engine.scheduler import (
     BatchEngine,
     GenerationRequest,
     SamplingOptions,
     Scheduler,
     new_rid,
 )
-from rllm_fully_async.tensor_payload import deserialize_named_tensors
-from rllm_fully_async.weight_update_group import (
+from rllm_fully_async.sync.tensor_payload import deserialize_named_tensors
+from rllm_fully_async.sync.weight_update_group import (
     broadcast_tensor,
     destroy_weight_update_group,
     init_weight_update_group,
@@ -928,7 +928,3 @@ class CpuEngineProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-if __name__ == "__main__":
-    main()

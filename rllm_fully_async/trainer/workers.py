@@ -3,12 +3,12 @@
 
 Rollout never runs inside these workers; it runs on separate inference servers. So each worker is
 verl 0.7.1's ``ActorRolloutRefWorker`` (FSDP or Megatron) started with rollout switched off, plus
-registered methods that :class:`rllm_fully_async.param_sync.ParamSync` drives:
+registered methods that :class:`rllm_fully_async.sync.param_sync.ParamSync` drives:
 
 * ``get_weight_metadata`` - ``(name, dtype, shape)`` of every tensor in Hugging Face naming, the
   order in which the tensors will be broadcast;
 * ``find_free_port``, ``init_weight_update_group`` / ``destroy_weight_update_group`` - worker rank 0
-  hosts the servers' weight-update group as its rank 0 (``rllm_fully_async.weight_update_group``);
+  hosts the servers' weight-update group as its rank 0 (``rllm_fully_async.sync.weight_update_group``);
 * ``broadcast_weights`` - every rank takes part in gathering full tensors, a bucket at a time so that
   memory stays bounded, and rank 0 broadcasts them in metadata order (one collective per tensor, or
   one per bucket in the ``flattened_bucket`` format).
@@ -40,8 +40,8 @@ from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, Ra
 from verl.utils.device import get_device_id, get_device_name
 from verl.workers import fsdp_workers
 
-from rllm_fully_async.param_sync import split_into_buckets
-from rllm_fully_async.weight_update_group import (
+from rllm_fully_async.sync.param_sync import split_into_buckets
+from rllm_fully_async.sync.weight_update_group import (
     broadcast_tensor,
     destroy_weight_update_group,
     init_weight_update_group,

@@ -25,6 +25,7 @@ ASYNC_KEYS = {
     "max_queue_size",
     "max_concurrency",
     "max_retries",
+    "sample_timeout_s",
     "rollout_fn",
     "queue_get_timeout_s",
     "param_sync_timeout_s",
@@ -140,6 +141,11 @@ def validate_async_training(cfg: DictConfig) -> None:
     )
     _require(a.max_retries >= 0, "async_training.max_retries", f"must be >= 0, got {a.max_retries}")
     _require(a.queue_get_timeout_s > 0, "async_training.queue_get_timeout_s", "must be > 0 seconds")
+    _require(
+        a.sample_timeout_s is None or a.sample_timeout_s > 0,
+        "async_training.sample_timeout_s",
+        f"must be null (no deadline) or > 0 seconds, got {a.sample_timeout_s!r}",
+    )
     _require(a.param_sync_timeout_s > 0, "async_training.param_sync_timeout_s", "must be > 0 seconds")
     _require(
         a.weight_sync_load_format in LOAD_FORMATS,

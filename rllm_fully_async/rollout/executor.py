@@ -4,8 +4,10 @@
 It draws prompts (re-queued ones first, then the dataset through a ``StatefulDataLoader``), keeps up
 to ``max_concurrency`` samples generating across training steps, groups the ``n`` samples of each
 prompt and puts finished groups on the MessageQueue. The admission budget decides when to stop
-launching until the next weight sync. A sample whose rollout raises is retried; after
-``max_retries`` the whole prompt is reported filtered with the error, never trained as a smaller group.
+launching until the next weight sync. A sample whose rollout raises, or misses its deadline
+(``sample_timeout_s``), is retried; after ``max_retries`` the whole prompt is reported filtered with the
+error, never trained as a smaller group. A reward that is not a finite number filters the prompt at once
+(``reward_guard``): it is never trained on.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import ray
 
+from rllm_fully_async.rollout.reward_guard import InvalidReward, WatchedReward, check_reward, function_name
 from rllm_fully_async.rollout.rollout_fn import chat_prompt_ids, load_reward_fn, load_rollout_fn
 from rllm_fully_async.rollout.staleness import AdmissionController
 from rllm_fully_async.rollout.trajectory import Prompt, Sample, TrajectoryGroup
@@ -56,6 +59,8 @@ class ExecutorSettings:
     partial_rollout: bool = True
     max_concurrency: int = 256
     max_retries: int = 2
+    # Per attempt of one sample (rollout and reward function together); None: no deadline.
+    sample_timeout_s: float | None = None
     rollout_fn: str | None = None
     custom_reward_function: dict[str, Any] = field(default_factory=dict)
     # How long a request waits for a server to come back when none is in rotation: a restart's length.
@@ -89,6 +94,7 @@ class ExecutorSettings:
             partial_rollout=bool(a.get("partial_rollout", True)),
             max_concurrency=int(a.get("max_concurrency", 256)),
             max_retries=int(a.get("max_retries", 2)),
+            sample_timeout_s=float(a["sample_timeout_s"]) if a.get("sample_timeout_s") else None,
             rollout_fn=a.get("rollout_fn"),
             custom_reward_function=dict(reward),
             server_outage_timeout_s=float((cfg.get("rollout_servers") or {}).get("startup_timeout_s", 0.0)),
@@ -239,6 +245,8 @@ class RolloutExecutor:
         self._running = 0
         self._puts_waiting = 0
         self._failed_in_a_row = 0
+        # The samples being generated: prompt uid, start time and the reward function they were given.
+        self._active: dict[int, tuple[str, float, WatchedReward]] = {}
 
         self._idle = _IdleClock()
         self._paused_clock = _IdleClock()
@@ -368,6 +376,27 @@ class RolloutExecutor:
         }
         out.update(self._admission.stats())
         return out
+
+    def activity(self) -> str:
+        """What the rollout side is doing, in words: for a trainer that waited too long for a batch."""
+        parts = [
+            f"{self._running} samples generating for {len(self._groups)} prompts, paused={self._paused}, "
+            f"data exhausted={self._exhausted}, admission budget left={self._admission.remaining}, "
+            f"puts waiting on a full queue={self._puts_waiting}"
+        ]
+        if self._active:
+            uid, started, reward = min(self._active.values(), key=lambda a: a[1])
+            where = (
+                f"reward function {reward.name!r}"
+                if reward.running
+                else f"rollout function {function_name(self._rollout_fn)!r}"
+            )
+            parts.append(
+                f"oldest sample: prompt uid={uid}, running {time.monotonic() - started:.0f}s in {where}"
+            )
+        if self._fatal is not None:
+            parts.append(f"failed: {type(self._fatal).__name__}: {self._fatal}")
+        return "; ".join(parts)
 
     async def stop(self) -> None:
         """Stop producing (without closing the queue), cancel running rollouts, close the client."""
@@ -548,24 +577,49 @@ class RolloutExecutor:
             "partial_rollout": self.settings.partial_rollout,
         }
         error: BaseException | None = None
+        rollout_name = function_name(self._rollout_fn)
         for attempt in range(self.settings.max_retries + 1):
             if run.failed:
                 break
+            reward = WatchedReward(self._reward_fn)
+            key = id(reward)
+            self._active[key] = (prompt.uid, time.monotonic(), reward)
             try:
-                sample = await self._rollout_fn(self._client, self._tokenizer, **kwargs)
+                sample = await asyncio.wait_for(
+                    self._rollout_fn(self._client, self._tokenizer, **{**kwargs, "reward_fn": reward}),
+                    timeout=self.settings.sample_timeout_s,
+                )
             except asyncio.CancelledError:
                 raise
+            except InvalidReward as e:
+                return e  # deterministic: a retry would compute the same reward
             except Exception as e:
+                if isinstance(e, TimeoutError) and not str(e):  # the deadline, not a timeout inside
+                    stuck = (
+                        f"reward function {reward.name!r}"
+                        if reward.running
+                        else f"rollout function {rollout_name!r}"
+                    )
+                    e = TimeoutError(
+                        f"{stuck} did not return within async_training.sample_timeout_s="
+                        f"{self.settings.sample_timeout_s}s (prompt uid={prompt.uid})"
+                    )
                 error = e
                 if attempt < self.settings.max_retries:
                     self._counters["sample_retries"] += 1
                     logger.warning("rollout of uid=%s failed (attempt %d): %r", prompt.uid, attempt + 1, e)
                 continue
+            finally:
+                del self._active[key]
             if not isinstance(sample, Sample):
                 raise TypeError(
-                    f"rollout_fn {getattr(self._rollout_fn, '__name__', self._rollout_fn)!r} returned "
-                    f"{type(sample).__name__}; it must return rllm_fully_async.rollout.trajectory.Sample"
+                    f"rollout_fn {rollout_name!r} returned {type(sample).__name__}; it must return "
+                    "rllm_fully_async.rollout.trajectory.Sample"
                 )
+            try:
+                check_reward(sample.reward, f"rollout function {rollout_name!r} (Sample.reward)")
+            except InvalidReward as e:
+                return e
             return sample
         return error or RuntimeError("sibling sample failed")
 
@@ -613,16 +667,17 @@ class RolloutExecutor:
                 task.cancel()
         prompt = run.prompt
         detail = f"{type(error).__name__}: {error}"
-        logger.warning("prompt uid=%s epoch=%d filtered after retries: %s", prompt.uid, prompt.epoch, detail)
-        await self._queue.report_filtered.remote(prompt.uid, prompt.epoch, "rollout_failed", detail)
+        reason = "invalid_reward" if isinstance(error, InvalidReward) else "rollout_failed"
+        logger.warning("prompt uid=%s epoch=%d filtered (%s): %s", prompt.uid, prompt.epoch, reason, detail)
+        await self._queue.report_filtered.remote(prompt.uid, prompt.epoch, reason, detail)
         del self._groups[(prompt.epoch, prompt.uid)]
         self._admission.on_release()
         self._counters["prompts_failed"] += 1
         self._failed_in_a_row += 1
         if self._failed_in_a_row >= MAX_FAILED_PROMPTS_IN_A_ROW:
             raise RuntimeError(
-                f"{self._failed_in_a_row} prompts in a row failed all {self.settings.max_retries + 1} "
-                f"rollout attempts; last error: {detail}"
+                f"{self._failed_in_a_row} prompts in a row were filtered ({reason}, after up to "
+                f"{self.settings.max_retries + 1} rollout attempts each); last error: {detail}"
             ) from error
         self._wake.set()
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+from rllm_fully_async.rollout.reward_guard import InvalidReward, call_reward, check_reward, function_name
 from rllm_fully_async.rollout.trajectory import Sample
 
 RewardFn = Callable[..., Any]
@@ -45,28 +46,33 @@ async def single_turn_chat(
     """Generate one response to the chat ``prompt`` and score it against ``reward_model.ground_truth``.
 
     ``reward_fn`` follows verl's ``compute_score`` convention; it may return a float or a dict with a
-    ``score`` key (the other keys go to ``Sample.extra``), and may be async.
+    ``score`` key (the other keys go to ``Sample.extra``), and may be async (a synchronous one runs in a
+    thread, so that one which hangs holds only its own sample). A score that is not a finite number
+    raises :class:`~rllm_fully_async.rollout.reward_guard.InvalidReward`.
     """
     prompt_ids = chat_prompt_ids(tokenizer, prompt)
     out = await client.generate(prompt_ids, sampling_params, partial_rollout=partial_rollout)
     solution = tokenizer.decode(out.token_ids, skip_special_tokens=True)
     ground_truth = (reward_model or {}).get("ground_truth")
-    score = reward_fn(
-        data_source=data_source, solution_str=solution, ground_truth=ground_truth, extra_info=extra_info
+    score = await call_reward(
+        reward_fn,
+        data_source=data_source,
+        solution_str=solution,
+        ground_truth=ground_truth,
+        extra_info=extra_info,
     )
-    if inspect.isawaitable(score):
-        score = await score
     extra: dict[str, Any] = {}
+    source = f"reward function {function_name(reward_fn)!r}"
     if isinstance(score, Mapping):
         if "score" not in score:
-            raise ValueError(f"reward function returned a dict without a 'score' key: {sorted(score)}")
+            raise InvalidReward(f"{source} returned a dict without a 'score' key: {sorted(score)}")
         extra = {k: v for k, v in score.items() if k != "score"}
         score = score["score"]
     return Sample(
         prompt_ids=prompt_ids,
         response_ids=list(out.token_ids),
         response_logprobs=list(out.logprobs),
-        reward=float(score),
+        reward=check_reward(score, source),
         finish_reason=out.finish_reason,
         min_version=out.min_version,
         max_version=out.max_version,

@@ -44,6 +44,8 @@ SERVER_CHECK_INTERVAL_S = 5.0
 # After a failed weight sync, how long a server death may take to show: a dying server's connections
 # close a moment before its process has exited.
 SERVER_DEATH_GRACE_S = 5.0
+# How long a timeout message waits for the rollout side to say what it is doing.
+ACTIVITY_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -200,7 +202,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
         if not ready:
             raise TimeoutError(
                 "no training batch arrived within async_training.queue_get_timeout_s="
-                f"{cfg.queue_get_timeout_s}s; are the rollout servers alive?"
+                f"{cfg.queue_get_timeout_s}s; the rollout side: {self._rollout_activity()}"
             )
         if ready[0] == run_ref:
             ray.get(run_ref)  # raises the executor's error, if any; otherwise the data is exhausted
@@ -216,6 +218,16 @@ class FullyAsyncTrainer(RayPPOTrainer):
                 "choose data sizes so that (prompts x rollout.n) divides by the trainer world size"
             )
         return groups
+
+    def _rollout_activity(self) -> str:
+        """The executor's and the queue's own account of what they are doing, for a timeout message."""
+        try:
+            activity, counts = ray.get(
+                [self.executor.activity.remote(), self.queue.counts.remote()], timeout=ACTIVITY_TIMEOUT_S
+            )
+        except Exception as e:  # an unresponsive actor is itself the answer
+            return f"the rollout executor or the queue did not answer within {ACTIVITY_TIMEOUT_S}s ({e!r})"
+        return f"{activity}; queue: {counts}"
 
     def _train_step(self, groups: list) -> dict[str, Any]:
         """One PPO/GRPO update on ``groups``, using verl's own estimators and losses."""

@@ -258,3 +258,121 @@ def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
         f"baseline rollout, which the fully-async trainer does not run); choose one of "
         f"{', '.join(SUPPORTED_ESTIMATORS)}",
     )
+    validate_batch_split(cfg)
+
+
+def trainer_world_size(cfg: DictConfig) -> int:
+    """Training worker processes: one per GPU (``trainer.nnodes * trainer.n_gpus_per_node``)."""
+    return int(cfg.trainer.get("nnodes", 1)) * int(cfg.trainer.n_gpus_per_node)
+
+
+def validate_batch_split(cfg: DictConfig) -> None:
+    """Each step's batch (``required_samples`` groups of ``rollout.n``) must split evenly over the trainer
+    ranks, and Megatron's model-parallel grid must divide the ranks, or the first update fails in verl."""
+    world = trainer_world_size(cfg)
+    _require(
+        world >= 1,
+        "trainer.n_gpus_per_node",
+        f"trainer.nnodes x trainer.n_gpus_per_node must be >= 1 training process, got {world}",
+    )
+    samples = int(cfg.async_training.required_samples) * int(cfg.actor_rollout_ref.rollout.n)
+    _require(
+        samples % world == 0,
+        "async_training.required_samples",
+        f"a step's {samples} samples (async_training.required_samples={cfg.async_training.required_samples} "
+        f"x actor_rollout_ref.rollout.n={cfg.actor_rollout_ref.rollout.n}) do not split over the {world} "
+        f"trainer ranks (trainer.nnodes x trainer.n_gpus_per_node); make the product a multiple of {world}",
+    )
+    actor = cfg.actor_rollout_ref.actor
+    mp = actor.get("megatron") if actor.strategy == "megatron" else None
+    if mp is not None:
+        grid = (
+            int(mp.tensor_model_parallel_size)
+            * int(mp.pipeline_model_parallel_size)
+            * int(mp.context_parallel_size)
+        )
+        _require(
+            world % grid == 0,
+            "actor_rollout_ref.actor.megatron.tensor_model_parallel_size",
+            f"tensor x pipeline x context parallel size ({grid}) must divide the {world} trainer ranks "
+            "(trainer.nnodes x trainer.n_gpus_per_node)",
+        )
+
+
+def _fit(demand: dict[str, float], free: dict[str, float]) -> bool:
+    return all(free.get(k, 0.0) >= v for k, v in demand.items())
+
+
+def _take(demand: dict[str, float], free: dict[str, float]) -> None:
+    for k, v in demand.items():
+        free[k] = free.get(k, 0.0) - v
+
+
+def cluster_demand(cfg: DictConfig) -> list[tuple[str, dict[str, float], int]]:
+    """What the run reserves in Ray: ``(what, bundle, count)``, the ``count`` bundles sharing one node.
+
+    The trainer takes one placement group per node of ``n_gpus_per_node`` bundles (verl's STRICT_PACK),
+    each bundle one CPU plus one GPU on a GPU device; every rollout server the run starts takes one bundle
+    (``rollout_servers.num_cpus_per_server`` CPUs and, for SGLang, ``tensor_model_parallel_size`` GPUs).
+    """
+    from rllm_fully_async.servers.rollout_servers import spec_from_config
+
+    device = cfg.trainer.get("device", "cuda")
+    bundle = {"CPU": 1.0}
+    if device != "cpu":
+        bundle["GPU" if device == "cuda" else device.upper()] = 1.0
+    per_node = int(cfg.trainer.n_gpus_per_node)
+    demand = [("trainer", bundle, per_node) for _ in range(int(cfg.trainer.get("nnodes", 1)))]
+    if not cfg.rollout_servers.get("urls"):
+        spec = spec_from_config(cfg)
+        demand += [("rollout server", spec.bundle, 1) for _ in range(spec.num_servers)]
+    return demand
+
+
+def validate_cluster_fit(cfg: DictConfig, nodes: list[dict[str, float]]) -> None:
+    """The trainer's and the servers' reservations must fit the Ray cluster's ``nodes`` (resources per node).
+
+    Checked before anything starts: a placement group that cannot be placed waits forever in Ray, and a
+    trainer that finds no GPUs left fails only after the servers have loaded the model. Trainer groups are
+    placed first, largest first, each on one node; then the servers, one bundle each (first fit).
+    """
+    free = [dict(node) for node in nodes]
+    demand = cluster_demand(cfg)
+    for what, bundle, count in sorted(demand, key=lambda d: (-d[2] * d[1].get("GPU", 0.0), -d[2])):
+        whole = {k: v * count for k, v in bundle.items()}
+        node = next((n for n in free if _fit(whole, n)), None)
+        if node is not None:
+            _take(whole, node)
+            continue
+        total = {}
+        for _, b, c in demand:
+            for k, v in b.items():
+                total[k] = total.get(k, 0.0) + v * c
+        have = {k: sum(n.get(k, 0.0) for n in nodes) for k in total}
+        server_keys = (
+            "rollout_servers.num_servers x actor_rollout_ref.rollout.tensor_model_parallel_size GPUs "
+            "(+ rollout_servers.num_cpus_per_server CPUs each)"
+            if not cfg.rollout_servers.get("urls")
+            else "none (rollout_servers.urls: servers started outside the run)"
+        )
+        raise ConfigError(
+            f"trainer.n_gpus_per_node: the run does not fit the Ray cluster; a {what} reservation of "
+            f"{count} x {bundle} finds no node with room. The run needs {_fmt(total)} in all: trainer "
+            f"trainer.nnodes x trainer.n_gpus_per_node = {trainer_world_size(cfg)} workers, rollout "
+            f"servers {server_keys}; the cluster has {_fmt(have)} over {len(nodes)} node(s) "
+            f"(per node: {', '.join(_fmt(n) for n in nodes)}). Lower trainer.n_gpus_per_node or "
+            "rollout_servers.num_servers / tensor_model_parallel_size so that trainer GPUs + servers x "
+            "tensor-parallel size fit, or add nodes"
+        )
+
+
+def _fmt(resources: dict[str, float]) -> str:
+    keys = [k for k in ("GPU", "NPU", "CPU") if k in resources]
+    return "{" + ", ".join(f"{k}: {resources[k]:g}" for k in keys) + "}"
+
+
+def ray_node_resources() -> list[dict[str, float]]:
+    """Resources of each live node of the connected Ray cluster."""
+    import ray
+
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]

@@ -19,7 +19,14 @@ import hydra
 import ray
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rllm_fully_async.config_validation import ConfigError, cuda_available, queue_bound, validate
+from rllm_fully_async.config_validation import (
+    ConfigError,
+    cuda_available,
+    queue_bound,
+    ray_node_resources,
+    validate,
+    validate_cluster_fit,
+)
 from rllm_fully_async.paths import config_dir
 from rllm_fully_async.trainer.metrics import RunSummary
 
@@ -110,6 +117,7 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
     apply_mode(cfg)
 
     init_ray(cfg)
+    validate_cluster_fit(cfg, ray_node_resources())
     tokenizer = AutoTokenizer.from_pretrained(cfg.actor_rollout_ref.model.path)
     servers = start_rollout_servers(cfg)
     param_sync = actor_wg = None

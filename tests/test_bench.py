@@ -90,7 +90,7 @@ def test_smoke_run_writes_results_and_plots(tmp_path):
 
 def test_smoke_run_against_a_running_server(tmp_path, toy_model_dir):
     """``--engine-url``: the path a GPU host takes with its SGLang server; here the CPU engine, unpinned."""
-    from rllm_fully_async.cpu_engine.server import CpuEngineProcess
+    from rllm_fully_async.servers.rollout_servers import CpuEngineProcess
 
     engine = CpuEngineProcess(str(toy_model_dir), num_threads=1).start(timeout_s=120)
     try:

@@ -25,7 +25,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rllm_fully_async.cpu_engine.server import CpuEngineProcess
 from rllm_fully_async.rollout.client import (
     GenerationOutput,
     NoServerAvailableError,
@@ -36,6 +35,7 @@ from rllm_fully_async.rollout.client import (
     parse_load,
     parse_weight_version,
 )
+from rllm_fully_async.servers.rollout_servers import CpuEngineProcess
 from rllm_fully_async.sync.weight_update_group import (
     broadcast_tensor,
     destroy_weight_update_group,

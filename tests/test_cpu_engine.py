@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rllm_fully_async.cpu_engine.server import CpuEngineProcess
+from rllm_fully_async.servers.rollout_servers import CpuEngineProcess
 from rllm_fully_async.sync.tensor_payload import serialize_named_tensors
 from rllm_fully_async.sync.weight_update_group import (
     broadcast_tensor,
@@ -159,7 +159,7 @@ def test_greedy_matches_hf_generate_with_exact_logprobs(engine: str, hf_model) -
         )
         meta = result["meta_info"]
         assert meta["prompt_tokens"] == len(prompt) and meta["completion_tokens"] == len(expected)
-        assert meta["weight_version"] == "default" and meta["cached_tokens"] == 0 and meta["e2e_latency"] > 0
+        assert meta["weight_version"] == "0" and meta["cached_tokens"] == 0 and meta["e2e_latency"] > 0
         assert meta["input_token_logprobs"] == [[None, prompt[-1], None]]  # SGLang's default start
 
 

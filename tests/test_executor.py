@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from rllm_fully_async.cpu_engine.server import CpuEngineProcess
 from rllm_fully_async.message_queue import MessageQueue
 from rllm_fully_async.rollout.executor import RolloutExecutor, load_prompts
 from rllm_fully_async.rollout.rollout_fn import (
@@ -27,6 +26,7 @@ from rllm_fully_async.rollout.rollout_fn import (
     load_rollout_fn,
     single_turn_chat,
 )
+from rllm_fully_async.servers.rollout_servers import CpuEngineProcess
 
 FAILING, FLAKY, OVERLONG = {103, 107}, 105, 112
 

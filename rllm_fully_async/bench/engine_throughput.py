@@ -16,7 +16,7 @@ import time
 
 import aiohttp
 
-from rllm_fully_async.cpu_engine.server import CpuEngineProcess
+from rllm_fully_async.servers.rollout_servers import CpuEngineProcess
 from rllm_fully_async.toy import model as toy_model
 
 

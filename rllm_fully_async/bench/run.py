@@ -350,7 +350,7 @@ class Engine:
     @classmethod
     def start_on(cls, cores: Sequence[int], model_path: str) -> Engine:
         """Start the CPU engine on ``cores``; the calling thread returns to its own cores afterwards."""
-        from rllm_fully_async.cpu_engine.server import CpuEngineProcess
+        from rllm_fully_async.servers.rollout_servers import CpuEngineProcess
 
         own = os.sched_getaffinity(0)
         os.sched_setaffinity(0, cores)  # this thread only; the engine process inherits it and loads there

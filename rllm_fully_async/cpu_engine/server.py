@@ -2,12 +2,14 @@
 """An embedded CPU generation server that speaks SGLang 0.5.6's native HTTP API.
 
 ``python -m rllm_fully_async.cpu_engine --model-path DIR`` serves a Hugging Face causal LM with
-continuous batching (see ``cpu_engine_scheduler``) behind the same endpoints, request fields and
+continuous batching (see ``scheduler``) behind the same endpoints, request fields and
 response shapes as SGLang's ``http_server.py``, so the rollout client, the parameter sync and
 ``sglang-router`` cannot tell it from SGLang. It lets the fully-async loop run for real on
-machines without a GPU. ``CpuEngineProcess`` starts and stops one as a subprocess.
+machines without a GPU. Request bodies live in ``schemas``, the command line in ``cli``; the run's
+launcher (``servers.rollout_servers``) starts it like SGLang, and ``CpuEngineProcess`` there starts one
+locally.
 
-Request and response shapes follow SGLang 0.5.6: ``managers/io_struct.py`` (request dataclasses
+Response shapes and behaviour follow SGLang 0.5.6: ``managers/io_struct.py`` (request dataclasses
 and their defaults), ``sampling/sampling_params.py`` (sampling keys and their checks),
 ``managers/tokenizer_manager.py`` (``meta_info``, pause/abort, length checks),
 ``managers/schedule_batch.py`` (finish reasons and the order stop conditions are checked in),
@@ -19,35 +21,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import glob
-import json
 import logging
 import os
 import random
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
 
+from rllm_fully_async.cpu_engine.checkpoint import read_checkpoint
 from rllm_fully_async.cpu_engine.scheduler import (
     BatchEngine,
     GenerationRequest,
     SamplingOptions,
     Scheduler,
     new_rid,
+)
+from rllm_fully_async.cpu_engine.schemas import (
+    AbortReq,
+    DestroyWeightsUpdateGroupReqInput,
+    GenerateReqInput,
+    InitWeightsUpdateGroupReqInput,
+    PauseGenerationReqInput,
+    UpdateWeightFromDiskReqInput,
+    UpdateWeightsFromDistributedReqInput,
+    UpdateWeightsFromTensorReqInput,
+    UpdateWeightVersionReqInput,
+    parse_sampling_params,
 )
 from rllm_fully_async.sync.tensor_payload import deserialize_named_tensors
 from rllm_fully_async.sync.weight_update_group import (
@@ -59,188 +64,11 @@ from rllm_fully_async.sync.weight_update_group import (
 logger = logging.getLogger("rllm_fully_async.cpu_engine")
 
 SGLANG_API_VERSION = "0.5.6"
-READY_LINE_PREFIX = "CPU_ENGINE_READY "
 HEALTH_CHECK_TIMEOUT_S = float(os.environ.get("SGLANG_HEALTH_CHECK_TIMEOUT", 20))
 HEALTH_ENDPOINT_GENERATES = os.environ.get("SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION", "true").lower() in (
     "1",
     "true",
 )
-
-
-# ------------------------------------------------------------------------------------------------
-# Request bodies: the fields of SGLang's io_struct dataclasses (unknown fields are ignored, as there)
-
-
-class GenerateReqInput(BaseModel):
-    text: list[str] | str | None = None
-    input_ids: list[list[int]] | list[int] | None = None
-    input_embeds: Any = None
-    image_data: Any = None
-    video_data: Any = None
-    audio_data: Any = None
-    sampling_params: list[dict] | dict | None = None
-    return_logprob: list[bool] | bool | None = None
-    logprob_start_len: list[int] | int | None = None
-    top_logprobs_num: list[int] | int | None = None
-    token_ids_logprob: Any = None
-    return_text_in_logprobs: bool = False
-    stream: bool = False
-    return_hidden_states: list[bool] | bool = False
-    lora_path: Any = None
-    custom_logit_processor: Any = None
-    rid: list[str] | str | None = None
-
-
-class AbortReq(BaseModel):
-    rid: str | None = ""
-    abort_all: bool = False
-
-
-class PauseGenerationReqInput(BaseModel):
-    mode: str = "abort"
-
-
-class UpdateWeightFromDiskReqInput(BaseModel):
-    model_path: str
-    load_format: str | None = None
-    abort_all_requests: bool = False
-    weight_version: str | None = None
-    flush_cache: bool = True
-
-
-class InitWeightsUpdateGroupReqInput(BaseModel):
-    master_address: str
-    master_port: int
-    rank_offset: int
-    world_size: int
-    group_name: str = "weight_update_group"
-    backend: str = "nccl"
-
-
-class DestroyWeightsUpdateGroupReqInput(BaseModel):
-    group_name: str = "weight_update_group"
-
-
-class UpdateWeightsFromDistributedReqInput(BaseModel):
-    names: list[str]
-    dtypes: list[str]
-    shapes: list[list[int]]
-    group_name: str = "weight_update_group"
-    flush_cache: bool = True
-    abort_all_requests: bool = False
-    weight_version: str | None = None
-    load_format: str | None = None
-
-
-class UpdateWeightsFromTensorReqInput(BaseModel):
-    serialized_named_tensors: list[str | bytes]
-    load_format: str | None = None
-    flush_cache: bool = True
-    abort_all_requests: bool = False
-    weight_version: str | None = None
-
-
-class UpdateWeightVersionReqInput(BaseModel):
-    new_version: str
-    abort_all_requests: bool = True
-
-
-# ------------------------------------------------------------------------------------------------
-# sampling_params
-
-
-_UNSUPPORTED_SAMPLING_DEFAULTS = {
-    # SGLang sampling keys this engine does not implement; accepted only at their neutral value.
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
-    "repetition_penalty": 1.0,
-    "json_schema": None,
-    "regex": None,
-    "ebnf": None,
-    "structural_tag": None,
-    "stop_regex": None,
-    "logit_bias": None,
-}
-_IGNORED_SAMPLING_KEYS = {"n", "spaces_between_special_tokens", "custom_params", "stream_interval"}
-_SAMPLING_KEYS = (
-    set(SamplingOptions.__dataclass_fields__) | set(_UNSUPPORTED_SAMPLING_DEFAULTS) | _IGNORED_SAMPLING_KEYS
-)
-
-
-def _get(params: dict, key: str, kinds: tuple[type, ...], default: Any) -> Any:
-    value = params.get(key, default)
-    if value is None:
-        return default
-    numeric = kinds in ((int,), (int, float))
-    if isinstance(value, bool) and numeric or not isinstance(value, kinds):
-        names = " or ".join(kind.__name__ for kind in kinds)
-        raise ValueError(f"sampling_params[{key!r}] must be {names}, got {value!r}")
-    return value
-
-
-def parse_sampling_params(
-    params: dict, seed_offset: int = 0, unlimited_max_new_tokens: int = 128
-) -> SamplingOptions:
-    """Validate one ``sampling_params`` dict with SGLang's defaults and range checks.
-
-    An explicit ``"max_new_tokens": null`` means "until the context is full", as in SGLang.
-    """
-    if not isinstance(params, dict):
-        raise ValueError(f"sampling_params must be a JSON object, got {params!r}")
-    unknown = sorted(set(params) - _SAMPLING_KEYS)
-    if unknown:
-        raise ValueError(
-            f"unknown sampling_params key(s) {unknown}; supported keys: {sorted(_SAMPLING_KEYS)}"
-        )
-    for key, neutral in _UNSUPPORTED_SAMPLING_DEFAULTS.items():
-        if params.get(key, neutral) != neutral:
-            raise ValueError(
-                f"sampling_params[{key!r}] is not supported by the CPU engine; leave it at {neutral!r}"
-            )
-    stop = params.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise ValueError(
-            f"sampling_params['stop'] must be a string or a list of non-empty strings, got {stop!r}"
-        )
-    stop_token_ids = params.get("stop_token_ids") or []
-    if not isinstance(stop_token_ids, list) or not all(type(t) is int for t in stop_token_ids):
-        raise ValueError(f"sampling_params['stop_token_ids'] must be a list of ints, got {stop_token_ids!r}")
-    seed = _get(params, "sampling_seed", (int,), None)
-    options = SamplingOptions(
-        max_new_tokens=_get(
-            params, "max_new_tokens", (int,), unlimited_max_new_tokens if "max_new_tokens" in params else 128
-        ),
-        temperature=float(_get(params, "temperature", (int, float), 1.0)),
-        top_p=float(_get(params, "top_p", (int, float), 1.0)),
-        top_k=_get(params, "top_k", (int,), -1),
-        min_p=float(_get(params, "min_p", (int, float), 0.0)),
-        min_new_tokens=_get(params, "min_new_tokens", (int,), 0),
-        stop=stop,
-        stop_token_ids=set(stop_token_ids),
-        ignore_eos=_get(params, "ignore_eos", (bool,), False),
-        skip_special_tokens=_get(params, "skip_special_tokens", (bool,), True),
-        no_stop_trim=_get(params, "no_stop_trim", (bool,), False),
-        sampling_seed=None if seed is None else seed + seed_offset,
-    )
-    if options.temperature < 0:
-        raise ValueError(f"sampling_params['temperature'] must be non-negative, got {options.temperature}")
-    if not 0.0 < options.top_p <= 1.0:
-        raise ValueError(f"sampling_params['top_p'] must be in (0, 1], got {options.top_p}")
-    if not 0.0 <= options.min_p <= 1.0:
-        raise ValueError(f"sampling_params['min_p'] must be in [0, 1], got {options.min_p}")
-    if options.top_k < 1 and options.top_k != -1:
-        raise ValueError(f"sampling_params['top_k'] must be -1 (disable) or at least 1, got {options.top_k}")
-    if options.max_new_tokens < 0:
-        raise ValueError(
-            f"sampling_params['max_new_tokens'] must be at least 0, got {options.max_new_tokens}"
-        )
-    if not 0 <= options.min_new_tokens <= options.max_new_tokens:
-        raise ValueError(
-            f"sampling_params['min_new_tokens'] must be in [0, max_new_tokens({options.max_new_tokens})], "
-            f"got {options.min_new_tokens}"
-        )
-    return options
 
 
 # ------------------------------------------------------------------------------------------------
@@ -764,167 +592,3 @@ class CpuEngineServer:
             return None  # nothing to release on CPU; SGLang answers 200 with a null body
 
         return app
-
-
-def read_checkpoint(model_path: str) -> list[tuple[str, torch.Tensor]]:
-    """All tensors of a Hugging Face checkpoint directory (safetensors, else PyTorch .bin files)."""
-    files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
-    if files:
-        from safetensors.torch import load_file
-
-        return [item for file in files for item in load_file(file).items()]
-    files = sorted(glob.glob(os.path.join(model_path, "*.bin")))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors or *.bin weight files in {model_path!r}")
-    return [
-        item for file in files for item in torch.load(file, map_location="cpu", weights_only=True).items()
-    ]
-
-
-# ------------------------------------------------------------------------------------------------
-# Command line
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], prog="python -m rllm_fully_async.cpu_engine"
-    )
-    parser.add_argument("--model-path", required=True, help="Hugging Face checkpoint directory")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (reported on stdout)")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="most sequences decoded together")
-    parser.add_argument(
-        "--max-prefill-tokens", type=int, default=16384, help="prompt tokens per prefill pass"
-    )
-    parser.add_argument("--num-threads", type=int, default=None, help="torch intra-op threads")
-    parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--context-length", type=int, default=None, help="default: max_position_embeddings")
-    parser.add_argument(
-        "--weight-version", default="default", help="initial weight version (SGLang: 'default')"
-    )
-    parser.add_argument(
-        "--random-seed", type=int, default=None, help="seeds requests that carry no sampling_seed"
-    )
-    parser.add_argument("--weight-update-timeout-s", type=float, default=300.0)
-    parser.add_argument("--ready-file", default=None, help="write the bound port here once serving")
-    parser.add_argument("--log-level", default="warning")
-    args = parser.parse_args(argv)
-    if args.max_batch_size < 1:
-        parser.error("--max-batch-size must be at least 1")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    server = CpuEngineServer(args)
-    # Bind first (port 0 = any free port), then report the port: no race with other servers.
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and accepted
-    # sockets copy it. Without it every keep-alive response waits ~40 ms (Nagle against delayed ACK).
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    server.port = sock.getsockname()[1]
-    config = uvicorn.Config(server.app, log_level=args.log_level, timeout_keep_alive=30)
-    uvicorn_server = uvicorn.Server(config)
-
-    async def serve() -> None:
-        serving = asyncio.create_task(uvicorn_server.serve(sockets=[sock]))
-        while not uvicorn_server.started and not serving.done():
-            await asyncio.sleep(0.01)
-        if uvicorn_server.started:
-            if args.ready_file:
-                Path(args.ready_file).write_text(str(server.port))
-            print(f"{READY_LINE_PREFIX}{json.dumps({'host': args.host, 'port': server.port})}", flush=True)
-        await serving
-
-    asyncio.run(serve())
-
-
-# ------------------------------------------------------------------------------------------------
-# Launcher
-
-
-class CpuEngineProcess:
-    """Runs ``python -m rllm_fully_async.cpu_engine`` as a subprocess; ``url`` is valid after ``start``."""
-
-    def __init__(
-        self,
-        model_path: str,
-        host: str = "127.0.0.1",
-        port: int | None = None,
-        num_threads: int | None = None,
-        extra_args: list[str] | None = None,
-        env: dict | None = None,
-    ):
-        self.model_path = model_path
-        self.host = host
-        self.port = port
-        self.num_threads = num_threads
-        self.extra_args = list(extra_args or [])
-        self.env = env
-        self.url = ""
-        self._proc: subprocess.Popen | None = None
-        self._workdir: tempfile.TemporaryDirectory | None = None
-
-    def start(self, timeout_s: float = 60) -> CpuEngineProcess:
-        """Start the server and wait until ``/health`` answers 200; raise with its stderr tail otherwise."""
-        self._workdir = tempfile.TemporaryDirectory(prefix="cpu_engine_")
-        ready_file = Path(self._workdir.name) / "port"
-        self._stderr_path = Path(self._workdir.name) / "stderr.log"
-        cmd = [sys.executable, "-m", "rllm_fully_async.cpu_engine", "--model-path", str(self.model_path)]
-        cmd += ["--host", self.host, "--port", str(self.port or 0), "--ready-file", str(ready_file)]
-        if self.num_threads:
-            cmd += ["--num-threads", str(self.num_threads)]
-        # Idle OpenMP threads must not spin: they would starve the HTTP event loop between steps.
-        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **(self.env or {})}
-        with open(self._stderr_path, "wb") as stderr:
-            self._proc = subprocess.Popen(
-                cmd + self.extra_args, stdout=subprocess.DEVNULL, stderr=stderr, env=env
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self._fail(f"exited with code {self._proc.returncode}")
-            if ready_file.exists() and ready_file.read_text():
-                host = f"[{self.host}]" if ":" in self.host else self.host
-                self.url = f"http://{host}:{int(ready_file.read_text())}"
-                if self._healthy():
-                    return self
-            time.sleep(0.1)
-        self._fail(f"did not become healthy within {timeout_s:.0f} s")
-        raise AssertionError("unreachable")
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def _fail(self, what: str) -> None:
-        tail = self._stderr_path.read_text(errors="replace")[-4000:] if self._stderr_path.exists() else ""
-        self.stop()
-        raise RuntimeError(f"CPU engine for {self.model_path} {what}; stderr tail:\n{tail}")
-
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=10)
-        self._proc = None
-        if self._workdir is not None:
-            self._workdir.cleanup()
-            self._workdir = None
-
-    def __enter__(self) -> CpuEngineProcess:
-        return self.start() if self._proc is None else self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

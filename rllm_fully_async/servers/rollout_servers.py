@@ -180,9 +180,12 @@ def _die_with_parent() -> None:
 class ServerHost:
     """Owns one server process on the node (and GPUs) Ray placed this actor on."""
 
-    def __init__(self, spec: RolloutServerSpec, index: int) -> None:
+    def __init__(self, spec: RolloutServerSpec, index: int, die_with_parent: bool = True) -> None:
         self._spec = spec
         self._index = index
+        # The kernel's parent-death signal fires when the launching *thread* exits, so only a host whose
+        # launches come from one long-lived thread (the Ray actor's) may use it.
+        self._die_with_parent = die_with_parent
         self._proc: subprocess.Popen | None = None
         log_dir = Path(spec.log_dir or tempfile.mkdtemp(prefix="rollout_servers_"))
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -201,7 +204,7 @@ class ServerHost:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self._spec.env},
                 start_new_session=True,  # its own process group: stop() reaches SGLang's children too
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent if self._die_with_parent else None,
             )
         address = self._spec.host
         if address in ("0.0.0.0", "::"):
@@ -465,6 +468,72 @@ class ExternalRolloutServers:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+class CpuEngineProcess:
+    """One CPU engine on this machine without Ray (tests, benchmarks): the run's launcher, used locally.
+
+    Starts it with :class:`ServerHost` and waits for ``/health`` as :class:`RolloutServers` does;
+    ``url`` is valid after ``start``.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        num_threads: int | None = None,
+        extra_args: list[str] | None = None,
+        env: dict | None = None,
+    ) -> None:
+        self._port = port
+        self._log_dir: tempfile.TemporaryDirectory | None = None
+        self._host: ServerHost | None = None
+        self.spec = RolloutServerSpec(
+            kind="cpu",
+            model_path=str(model_path),
+            host=host,
+            num_threads=num_threads,
+            extra_args=list(extra_args or []),
+            # Idle OpenMP threads must not spin: they would starve the HTTP event loop between steps.
+            env={"OMP_WAIT_POLICY": "PASSIVE", **(env or {})},
+        )
+        self.url = ""
+
+    def start(self, timeout_s: float = 60) -> CpuEngineProcess:
+        """Start the server and wait until ``/health`` answers 200; raise with its log tail otherwise."""
+        self._log_dir = tempfile.TemporaryDirectory(prefix="cpu_engine_")
+        self.spec.log_dir = self._log_dir.name
+        self._host = ServerHost(self.spec, 0, die_with_parent=False)
+        self.url = self._host.launch(self._port)
+        deadline = time.monotonic() + timeout_s
+        while not is_healthy(self.url):
+            code = self._host.exit_code()
+            if code is not None or time.monotonic() > deadline:
+                what = (
+                    f"exited with code {code}"
+                    if code is not None
+                    else f"not healthy within {timeout_s:.0f} s"
+                )
+                tail = self._host.log_tail()
+                self.stop()
+                raise RolloutServerError(f"CPU engine for {self.spec.model_path} {what}; log tail:\n{tail}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        if self._host is not None:
+            self._host.stop()
+            self._host = None
+        if self._log_dir is not None:
+            self._log_dir.cleanup()
+            self._log_dir = None
+
+    def __enter__(self) -> CpuEngineProcess:
+        return self.start() if self._host is None else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 def spec_from_config(cfg: Any) -> RolloutServerSpec:

@@ -2,11 +2,13 @@
 """Apply, check and revert the verl 0.7.1 patch set that fully-async training needs.
 
 ``python -m rllm_fully_async.patches {apply,check,revert,status} [--target DIR]``, where DIR is the
-root of a verl package (the directory holding ``workers/actor/dp_actor.py``; default: the installed
-verl). The patched file is recognised by its SHA-256, so a verl whose file is neither the pristine
-0.7.1 text nor the patched text is refused and left untouched. Changes are computed in memory from
-the unified diff in ``patches/``, checked against the expected hash, then written atomically: a
-file is never half-patched, and the ``patch`` binary is not needed.
+root of a verl package (the directory holding ``workers/actor/``; default: the installed verl). The
+set patches the FSDP actor (``dp_actor.py``) and the Megatron actor (``megatron_actor.py``). Each
+file's state is recognised by its SHA-256, so a verl whose file is neither the pristine 0.7.1 text,
+the patched text, nor the text of an earlier release of this patch is refused and left untouched.
+Changes are computed in memory from the unified diffs in ``patches/``, checked against the expected
+hashes for the whole set, then written atomically file by file (restoring the files already written
+if a later write fails): the set is never half-applied, and the ``patch`` binary is not needed.
 """
 
 from __future__ import annotations
@@ -24,13 +26,10 @@ from pathlib import Path
 from rllm_fully_async.paths import patches_dir
 
 VERL_VERSION = "0.7.1"
-PATCH_FILE = "verl_dp_actor.patch"
-TARGET_FILE = "workers/actor/dp_actor.py"  # relative to the verl package root
-ORIGINAL_SHA256 = "1a7d0d5551d5422b61068868062b013c968fc28ce605e9240708a13e3e625793"
-PATCHED_SHA256 = "4afc0d02e0f0307fdb5bec900477b15b1c7b53916bf9b73b52039ff5a278446b"
 APPLY_COMMAND = "python -m rllm_fully_async.patches apply"
 
-ORIGINAL, PATCHED, UNKNOWN = "original", "patched", "unknown"
+# File states. OUTDATED: patched by an earlier release of this patch; apply upgrades it.
+ORIGINAL, PATCHED, OUTDATED, UNKNOWN = "original", "patched", "outdated", "unknown"
 
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
@@ -45,6 +44,64 @@ class Hunk:
     new_start: int  # 1-based line number in the patched file
     old_lines: tuple[str, ...]  # context and removed lines, newline included
     new_lines: tuple[str, ...]  # context and added lines, newline included
+
+
+@dataclass(frozen=True)
+class FilePatch:
+    """One verl file of the set: its diff in ``patches/``, and the hashes that identify each state."""
+
+    patch_file: str  # relative to patches/
+    target: str  # relative to the verl package root
+    original_sha256: str  # verl 0.7.1's released file
+    patched_sha256: str  # that file with ``patch_file`` applied
+    # Earlier releases of this patch: (diff relative to patches/, sha256 of the file it produced).
+    previous: tuple[tuple[str, str], ...] = ()
+
+    def state_of(self, data: bytes) -> str:
+        digest = _sha256(data)
+        if digest == self.original_sha256:
+            return ORIGINAL
+        if digest == self.patched_sha256:
+            return PATCHED
+        if any(digest == sha for _, sha in self.previous):
+            return OUTDATED
+        return UNKNOWN
+
+    def hunks(self, patch_file: str | None = None) -> list[Hunk]:
+        patch_file = patch_file or self.patch_file
+        path, hunks = parse_patch((patches_dir() / patch_file).read_text(encoding="utf-8"))
+        if path != f"verl/{self.target}":
+            raise ValueError(f"{patch_file} patches {path}, expected verl/{self.target}")
+        return hunks
+
+    def patched_text(self, original: str) -> str:
+        """The patched text from verl 0.7.1's original text."""
+        return _apply_hunks(original, self.hunks(), reverse=False)
+
+    def original_text(self, text: str) -> str:
+        """verl 0.7.1's original text from the patched text, or from the text of an earlier patch."""
+        digest = _sha256(text.encode("utf-8"))
+        for patch_file, sha in self.previous:
+            if digest == sha:
+                return _apply_hunks(text, self.hunks(patch_file), reverse=True)
+        return _apply_hunks(text, self.hunks(), reverse=True)
+
+
+PATCH_SET: tuple[FilePatch, ...] = (
+    FilePatch(
+        patch_file="verl_dp_actor.patch",
+        target="workers/actor/dp_actor.py",
+        original_sha256="1a7d0d5551d5422b61068868062b013c968fc28ce605e9240708a13e3e625793",
+        patched_sha256="0b2e858bf0a4ea4b2f7fc2acd1156b6a3e278d8786278cff1f983a33ebb06425",
+        previous=(
+            (
+                "previous/verl_dp_actor.1.patch",
+                "4afc0d02e0f0307fdb5bec900477b15b1c7b53916bf9b73b52039ff5a278446b",
+            ),
+        ),
+    ),
+)
+DP_ACTOR = PATCH_SET[0]
 
 
 def parse_patch(text: str) -> tuple[str, list[Hunk]]:
@@ -100,23 +157,6 @@ def _apply_hunks(text: str, hunks: list[Hunk], reverse: bool) -> str:
     return "".join(lines)
 
 
-def _load_patch() -> list[Hunk]:
-    path, hunks = parse_patch((patches_dir() / PATCH_FILE).read_text(encoding="utf-8"))
-    if path != f"verl/{TARGET_FILE}":
-        raise ValueError(f"{PATCH_FILE} patches {path}, expected verl/{TARGET_FILE}")
-    return hunks
-
-
-def patched_text(original: str) -> str:
-    """The patched ``dp_actor.py`` text from verl 0.7.1's original text."""
-    return _apply_hunks(original, _load_patch(), reverse=False)
-
-
-def original_text(patched: str) -> str:
-    """verl 0.7.1's original ``dp_actor.py`` text from the patched text."""
-    return _apply_hunks(patched, _load_patch(), reverse=True)
-
-
 def default_target() -> Path:
     """Root of the installed verl package, found without importing it."""
     spec = importlib.util.find_spec("verl")
@@ -125,62 +165,74 @@ def default_target() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _target_file(target: Path | None) -> Path:
+def _root(target: Path | None) -> Path:
     root = Path(target) if target is not None else default_target()
-    file = root / TARGET_FILE
-    if not file.is_file():
-        hint = f"; did you mean {root / 'verl'}?" if (root / "verl" / TARGET_FILE).is_file() else ""
-        raise VerlPatchError(f"{root} is not the root of a verl package (no {TARGET_FILE}){hint}")
-    return file
+    missing = [p.target for p in PATCH_SET if not (root / p.target).is_file()]
+    if missing:
+        nested = all((root / "verl" / p.target).is_file() for p in PATCH_SET)
+        hint = f"; did you mean {root / 'verl'}?" if nested else ""
+        raise VerlPatchError(f"{root} is not the root of a verl package (no {', '.join(missing)}){hint}")
+    return root
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _state_of(data: bytes) -> str:
-    return {ORIGINAL_SHA256: ORIGINAL, PATCHED_SHA256: PATCHED}.get(_sha256(data), UNKNOWN)
-
-
 def verl_version(target: Path | None = None) -> str:
     """The version string in ``verl/version/version`` of the target tree, or 'unknown'."""
-    root = _target_file(target).parents[2]
     try:
-        return (root / "version" / "version").read_text(encoding="utf-8").strip()
+        return (_root(target) / "version" / "version").read_text(encoding="utf-8").strip()
     except OSError:
         return "unknown"
 
 
+def file_states(target: Path | None = None) -> dict[str, str]:
+    """Each patched file (relative to the verl root) -> original, patched, outdated or unknown."""
+    root = _root(target)
+    return {p.target: p.state_of((root / p.target).read_bytes()) for p in PATCH_SET}
+
+
 def patch_state(target: Path | None = None) -> str:
-    """'original' (pristine verl 0.7.1), 'patched', or 'unknown' (anything else)."""
-    return _state_of(_target_file(target).read_bytes())
+    """The whole set: 'patched' or 'original' when every file is; 'unknown' when any file is;
+    otherwise 'outdated' (an earlier release of the patch, or a mix): ``apply`` brings it up to date."""
+    states = set(file_states(target).values())
+    if UNKNOWN in states:
+        return UNKNOWN
+    if len(states) == 1 and states != {OUTDATED}:
+        return states.pop()
+    return OUTDATED
 
 
 def _apply_command(target: Path | None) -> str:
     return APPLY_COMMAND if target is None else f"{APPLY_COMMAND} --target {target}"
 
 
-def _unknown_message(file: Path, target: Path | None) -> str:
-    found = verl_version(file.parents[2])
+def _unknown_message(root: Path, target: Path | None) -> str:
+    found = verl_version(root)
+    unknown = [
+        str(root / p.target) for p in PATCH_SET if p.state_of((root / p.target).read_bytes()) == UNKNOWN
+    ]
     if found != VERL_VERSION:
         return (
-            f"{file} is from verl {found}, but rllm_fully_async needs verl {VERL_VERSION}. "
+            f"{', '.join(unknown)} is from verl {found}, but rllm_fully_async needs verl {VERL_VERSION}. "
             f"Install it with: pip install verl=={VERL_VERSION}, then run: {_apply_command(target)}"
         )
     return (
-        f"{file} (verl {found}) matches neither verl {VERL_VERSION}'s original nor the patched text; "
-        f"it was modified by hand or by another patch. Restore it with: "
+        f"{', '.join(unknown)} (verl {found}) matches neither verl {VERL_VERSION}'s original nor a "
+        f"patched text; it was modified by hand or by another patch. Restore it with: "
         f"pip install --force-reinstall --no-deps verl=={VERL_VERSION}, then run: {_apply_command(target)}"
     )
 
 
-def _write_atomically(file: Path, text: str) -> None:
+def _write_atomically(file: Path, text: str | bytes) -> None:
     """Replace ``file`` in one rename, keeping its permissions: readers see the old or the new text."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
     mode = file.stat().st_mode
     fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, mode & 0o7777)
@@ -190,42 +242,66 @@ def _write_atomically(file: Path, text: str) -> None:
         raise
 
 
-def _transform(target: Path | None, want: str) -> bool:
-    """Bring the file to state ``want``; False when it already is. Dry run first: verify, then write."""
-    file = _target_file(target)
-    data = file.read_bytes()
-    state = _state_of(data)
-    if state == want:
-        return False
-    if state == UNKNOWN:
-        raise VerlPatchError(_unknown_message(file, target))
-    text = data.decode("utf-8")
-    expected = PATCHED_SHA256 if want == PATCHED else ORIGINAL_SHA256
+def _new_text(patch: FilePatch, text: str, state: str, want: str) -> str:
+    """The file's text in state ``want``, verified by its hash; ValueError if the diffs do not produce it."""
+    original = text if state == ORIGINAL else patch.original_text(text)
+    if _sha256(original.encode("utf-8")) != patch.original_sha256:
+        raise ValueError(f"reverting it does not give verl {VERL_VERSION}'s original text")
+    if want == ORIGINAL:
+        return original
+    new_text = patch.patched_text(original)
+    if _sha256(new_text.encode("utf-8")) != patch.patched_sha256:
+        raise ValueError("the result differs from the expected patched text")
+    return new_text
+
+
+def _transform(target: Path | None, want: str) -> list[Path]:
+    """Bring every file of the set to state ``want``; the files changed (none when all already were).
+
+    Dry run first for the whole set (compute and verify every new text), then write; if a write fails,
+    the files already written get their previous bytes back.
+    """
+    root = _root(target)
+    planned: list[tuple[Path, bytes, str]] = []  # (file, old bytes, new text)
+    for patch in PATCH_SET:
+        file = root / patch.target
+        data = file.read_bytes()
+        state = patch.state_of(data)
+        if state == UNKNOWN:
+            raise VerlPatchError(_unknown_message(root, target))
+        if state == want:
+            continue
+        try:
+            planned.append((file, data, _new_text(patch, data.decode("utf-8"), state, want)))
+        except ValueError as err:  # a damaged or stale patch file, never the verl file (its hash matched)
+            raise VerlPatchError(
+                f"{patch.patch_file} does not apply to {file}: {err}; reinstall rllm_fully_async"
+            ) from err
+    written: list[tuple[Path, bytes]] = []
     try:
-        new_text = patched_text(text) if want == PATCHED else original_text(text)
-        if _sha256(new_text.encode("utf-8")) != expected:
-            raise ValueError("the result differs from the expected text")
-    except ValueError as err:  # a damaged or stale patch file, never the verl file (its hash matched)
-        raise VerlPatchError(
-            f"{PATCH_FILE} does not apply to {file}: {err}; reinstall rllm_fully_async"
-        ) from err
-    try:
-        _write_atomically(file, new_text)
-    except PermissionError as err:
-        raise VerlPatchError(
-            f"cannot write {file}: {err}; run the command as a user who owns the verl install"
-        ) from err
-    return True
+        for file, old, new_text in planned:
+            _write_atomically(file, new_text)
+            written.append((file, old))
+    except BaseException as err:
+        for file, old in reversed(written):
+            _write_atomically(file, old)
+        if isinstance(err, PermissionError):
+            raise VerlPatchError(
+                f"cannot write {err.filename or root}: {err}; nothing was changed. "
+                "Run the command as a user who owns the verl install"
+            ) from err
+        raise
+    return [file for file, _, _ in planned]
 
 
 def apply_patch(target: Path | None = None) -> bool:
-    """Patch verl 0.7.1; True if the file changed, False if it was already patched."""
-    return _transform(target, PATCHED)
+    """Patch verl 0.7.1 (or upgrade an earlier patch); True if a file changed, False if all were patched."""
+    return bool(_transform(target, PATCHED))
 
 
 def revert_patch(target: Path | None = None) -> bool:
-    """Restore verl 0.7.1's original file; True if the file changed, False if it was already original."""
-    return _transform(target, ORIGINAL)
+    """Restore verl 0.7.1's original files; True if a file changed, False if all were original."""
+    return bool(_transform(target, ORIGINAL))
 
 
 def require_patched_verl(target: Path | None = None) -> None:
@@ -236,18 +312,28 @@ def require_patched_verl(target: Path | None = None) -> None:
     visible error.
     """
     try:
-        file = _target_file(target)
+        root = _root(target)
     except VerlPatchError as err:
         raise VerlPatchError(f"rllm_fully_async cannot start: {err}") from None
     state = patch_state(target)
     if state == ORIGINAL:
         raise VerlPatchError(
-            f"rllm_fully_async cannot start: verl {VERL_VERSION} at {file.parents[2]} is not patched "
+            f"rllm_fully_async cannot start: verl {VERL_VERSION} at {root} is not patched "
             f"(fully-async updates need one optimizer step per batch and a whole-batch token-mean loss). "
             f"Fix: {_apply_command(target)}"
         )
+    if state == OUTDATED:
+        raise VerlPatchError(
+            f"rllm_fully_async cannot start: verl {VERL_VERSION} at {root} carries an earlier or partial "
+            f"version of the rllm_fully_async patch set ({_describe(file_states(target))}). "
+            f"Fix: {_apply_command(target)}"
+        )
     if state == UNKNOWN:
-        raise VerlPatchError(f"rllm_fully_async cannot start: {_unknown_message(file, target)}")
+        raise VerlPatchError(f"rllm_fully_async cannot start: {_unknown_message(root, target)}")
+
+
+def _describe(states: dict[str, str]) -> str:
+    return ", ".join(f"{name}: {state}" for name, state in states.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,24 +346,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        file = _target_file(args.target)
+        root = _root(args.target)
         if args.command == "status":
             print(patch_state(args.target))
+            for name, state in file_states(args.target).items():
+                print(f"  {name}: {state}")
         elif args.command == "check":
             state = patch_state(args.target)
             if state != PATCHED:
                 fix = (
-                    _unknown_message(file, args.target)
+                    _unknown_message(root, args.target)
                     if state == UNKNOWN
                     else f"run: {_apply_command(args.target)}"
                 )
-                print(f"not patched ({state}): {file}. {fix}", file=sys.stderr)
+                print(f"not patched ({_describe(file_states(args.target))}): {root}. {fix}", file=sys.stderr)
                 return 1
-            print(f"patched: {file}")
+            print(f"patched: {root}")
         elif args.command == "apply":
-            print(f"patched {file}" if apply_patch(args.target) else f"already patched: {file}")
+            changed = _transform(args.target, PATCHED)
+            print(f"patched {', '.join(map(str, changed))}" if changed else f"already patched: {root}")
         else:
-            print(f"reverted {file}" if revert_patch(args.target) else f"already original: {file}")
+            changed = _transform(args.target, ORIGINAL)
+            print(f"reverted {', '.join(map(str, changed))}" if changed else f"already original: {root}")
     except VerlPatchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

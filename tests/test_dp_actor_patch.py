@@ -1,10 +1,11 @@
 # Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
 """The patched ``DataParallelPPOActor.update_policy`` on CPU, against a hand-computed whole-batch loss.
 
-Both the patched and the original ``dp_actor.py`` are built from the installed verl's file with the
-shipped patch and loaded as separate modules, so these tests hold whether or not the installed verl
-is patched. The actor runs the real verl code on the toy model: gloo world size 1, float32, padded
-inputs. A real optimizer's step pre-hook records the gradients each step would apply.
+The patched, the original and the earlier-release-patched ``dp_actor.py`` are built from the installed
+verl's file with the shipped patches and loaded as separate modules, so these tests hold whether or
+not the installed verl is patched. The actor runs the real verl code on the toy model: gloo world size
+1 (two gloo processes with FSDP2 for the multi-rank test), float32, padded inputs. A real optimizer's
+step pre-hook records the gradients each step would apply.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import importlib.util
 import math
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -50,16 +54,30 @@ def gloo_world():
 
 
 @pytest.fixture(scope="module")
-def dp_actor(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModuleType]:
-    """{'patched': module, 'original': module}, both from copies of the installed verl's dp_actor.py."""
-    installed = (patches.default_target() / patches.TARGET_FILE).read_text(encoding="utf-8")
-    original = installed if patches.patch_state() == patches.ORIGINAL else patches.original_text(installed)
-    texts = {"original": original, "patched": patches.patched_text(original)}
+def dp_actor_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{'patched', 'original', 'earlier'} -> a copy of dp_actor.py ('earlier': the previous patch release)."""
+    patch = patches.DP_ACTOR
+    installed = (patches.default_target() / patch.target).read_text(encoding="utf-8")
+    original = (
+        patch.original_text(installed)
+        if patch.state_of(installed.encode()) != patches.ORIGINAL
+        else installed
+    )
+    earlier = patches._apply_hunks(original, patch.hunks(patch.previous[-1][0]), reverse=False)
+    texts = {"original": original, "patched": patch.patched_text(original), "earlier": earlier}
     folder = tmp_path_factory.mktemp("dp_actor")
-    modules = {}
+    files = {}
     for name, text in texts.items():
-        path = folder / f"dp_actor_{name}.py"
-        path.write_text(text, encoding="utf-8")
+        files[name] = folder / f"dp_actor_{name}.py"
+        files[name].write_text(text, encoding="utf-8")
+    return files
+
+
+@pytest.fixture(scope="module")
+def dp_actor(dp_actor_files: dict[str, Path]) -> dict[str, ModuleType]:
+    """The files of ``dp_actor_files``, loaded as separate modules."""
+    modules = {}
+    for name, path in dp_actor_files.items():
         spec = importlib.util.spec_from_file_location(f"rllm_test_dp_actor_{name}", path)
         modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(modules[name])
@@ -173,7 +191,8 @@ def reference(model, batch: DataProto, entropy_coeff: float = 0.0, kl_coef: floa
     loss.backward()
     grads = [p.grad.detach().clone() for p in model.parameters()]
     model.zero_grad()
-    return grads, {"pg": pg.item(), "entropy": entropy.item(), "kl": None if kl is None else kl.item()}
+    terms = {"pg": pg.item(), "entropy": entropy.item(), "kl": None if kl is None else kl.item()}
+    return grads, {**terms, "log_prob": log_prob.detach()}
 
 
 def relative_error(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
@@ -282,3 +301,146 @@ def test_batch_without_response_tokens_skips_the_step(dp_actor, base_config, mod
     assert steps == []
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+
+
+def test_metrics_are_token_means_averaged_over_epochs(dp_actor, base_config, model):
+    """ppo_epochs=2: each metric is the batch's token-mean, not a sum over epochs; pg_loss without entropy."""
+    batch = make_batch(SKEWED_PROMPTS, [9, 1, 3, 30, 2, 2, 7, 4])
+    _, terms = reference(model, batch)
+    batch.batch["old_log_probs"] = terms["log_prob"]  # ratio 1 in both epochs (lr 0): no clipping
+    ref_grads, ref_terms = reference(model, batch, ENTROPY_COEFF, KL_COEF)
+    overrides = dict(
+        ppo_epochs=2,
+        use_dynamic_bsz=True,
+        ppo_max_token_len_per_gpu=40,
+        entropy_coeff=ENTROPY_COEFF,
+        use_kl_loss=True,
+        kl_loss_coef=KL_COEF,
+        kl_loss_type=KL_TYPE,
+    )
+
+    actor, steps = make_actor(dp_actor["patched"], base_config, model, **overrides)
+    metrics = actor.update_policy(batch)
+    assert len(steps) == 2 and len(metrics["actor/grad_norm"]) == 2
+    assert all(relative_error(step, ref_grads) < 1e-5 for step in steps)
+    assert metrics["actor/entropy"] == pytest.approx(ref_terms["entropy"], rel=1e-5)
+    assert metrics["actor/entropy"] <= math.log(model.config.vocab_size)
+    assert metrics["actor/pg_loss"] == pytest.approx(ref_terms["pg"], rel=1e-5, abs=1e-7)
+    assert metrics["actor/kl_loss"] == pytest.approx(ref_terms["kl"], rel=1e-5)
+
+    # The earlier patch summed the epochs and folded the entropy bonus into pg_loss.
+    actor, _ = make_actor(dp_actor["earlier"], base_config, model, **overrides)
+    earlier = actor.update_policy(batch)
+    assert earlier["actor/entropy"] == pytest.approx(2 * ref_terms["entropy"], rel=1e-5)
+    assert earlier["actor/pg_loss"] == pytest.approx(
+        2 * (ref_terms["pg"] - ENTROPY_COEFF * ref_terms["entropy"]), rel=1e-5, abs=1e-7
+    )
+
+
+# Rank 0 gets four long responses, rank 1 four short ones: with 40 tokens per micro-batch, rank 0
+# alone would run 4 micro-batches and rank 1 one.
+TWO_RANK_PROMPTS = [5, 4, 6, 5, 4, 6, 5, 4]
+TWO_RANK_RESPONSES = [30, 28, 25, 30, 2, 1, 3, 2]
+TWO_RANK_MAX_TOKENS = 40
+
+
+def run_two_ranks(
+    dp_actor_file: Path,
+    model_dir: Path,
+    folder: Path,
+    batch: DataProto,
+    deadline_s: float,
+    collective_timeout_s: float,
+    *overrides: str,
+) -> list[int | None]:
+    """Both ranks' exit codes (None: still running at the deadline, then killed)."""
+    batch_file = folder / "batch.pt"
+    torch.save({"tensors": dict(batch.batch.items()), "meta_info": batch.meta_info}, batch_file)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    helper = Path(__file__).with_name("two_rank_fsdp_actor.py")
+    procs = []
+    for rank in range(2):
+        command = [
+            sys.executable,
+            str(helper),
+            "--rank",
+            str(rank),
+            "--world-size",
+            "2",
+            "--port",
+            str(port),
+            "--dp-actor",
+            str(dp_actor_file),
+            "--model",
+            str(model_dir),
+            "--batch",
+            str(batch_file),
+            "--out",
+            str(folder),
+            "--collective-timeout",
+            str(collective_timeout_s),
+            *overrides,
+        ]
+        log = open(folder / f"rank{rank}.log", "w")  # noqa: SIM115 - closed with the process below
+        procs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log))
+    end = time.monotonic() + deadline_s
+    codes: list[int | None] = []
+    for proc, _ in procs:
+        try:
+            codes.append(proc.wait(timeout=max(0.1, end - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            codes.append(None)
+    for proc, log in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    return codes
+
+
+@pytest.mark.slow
+def test_two_fsdp_ranks_with_unequal_tokens_agree_and_train_on_the_global_token_mean(
+    dp_actor_files, toy_model_dir, model, tmp_path
+):
+    batch = make_batch(TWO_RANK_PROMPTS, TWO_RANK_RESPONSES)
+    batch.meta_info.update(micro_batch_size=2, use_dynamic_bsz=True, max_token_len=TWO_RANK_MAX_TOKENS)
+    ref_grads, ref_terms = reference(model, batch, ENTROPY_COEFF, KL_COEF)
+    overrides = (
+        "use_dynamic_bsz=true",
+        f"ppo_max_token_len_per_gpu={TWO_RANK_MAX_TOKENS}",
+        "ppo_mini_batch_size=4",
+        f"entropy_coeff={ENTROPY_COEFF}",
+        "use_kl_loss=true",
+        f"kl_loss_coef={KL_COEF}",
+        f"kl_loss_type={KL_TYPE}",
+    )
+    codes = run_two_ranks(dp_actor_files["patched"], toy_model_dir, tmp_path, batch, 240, 60, *overrides)
+    logs = "\n".join((tmp_path / f"rank{r}.log").read_text()[-3000:] for r in range(2))
+    assert codes == [0, 0], logs
+
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [r["steps"] for r in results] == [1, 1]
+    assert relative_error(results[0]["grads"][0], ref_grads) < 1e-5
+    mask = batch.batch["response_mask"].bool()
+    log_probs = torch.cat([r["log_probs"] for r in results])
+    torch.testing.assert_close(log_probs[mask], ref_terms["log_prob"][mask], rtol=1e-5, atol=1e-5)
+    # verl averages each metric over the ranks: that mean is the whole-batch token-mean
+    for name, term in (("actor/pg_loss", "pg"), ("actor/entropy", "entropy"), ("actor/kl_loss", "kl")):
+        mean = sum(r["metrics"][name] for r in results) / 2
+        assert mean == pytest.approx(ref_terms[term], rel=1e-5, abs=1e-7), name
+
+
+@pytest.mark.slow
+def test_two_fsdp_ranks_with_unequal_tokens_fail_with_the_earlier_patch(
+    dp_actor_files, toy_model_dir, tmp_path
+):
+    """The earlier patch sized micro-batches per rank: the ranks' FSDP collectives do not match."""
+    batch = make_batch(TWO_RANK_PROMPTS, TWO_RANK_RESPONSES)
+    batch.meta_info.update(micro_batch_size=2, use_dynamic_bsz=True, max_token_len=TWO_RANK_MAX_TOKENS)
+    overrides = ("use_dynamic_bsz=true", f"ppo_max_token_len_per_gpu={TWO_RANK_MAX_TOKENS}")
+    codes = run_two_ranks(dp_actor_files["earlier"], toy_model_dir, tmp_path, batch, 120, 15, *overrides)
+    logs = "\n".join((tmp_path / f"rank{r}.log").read_text() for r in range(2))
+    # Hung in a collective: gloo's 15 s collective timeout fired, or the deadline killed the rank.
+    assert None in codes or "Timed out" in logs, logs[-3000:]

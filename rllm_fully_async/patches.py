@@ -100,8 +100,14 @@ PATCH_SET: tuple[FilePatch, ...] = (
             ),
         ),
     ),
+    FilePatch(
+        patch_file="verl_megatron_actor.patch",
+        target="workers/actor/megatron_actor.py",
+        original_sha256="ce41297088bca836914082d7c51c8915f50ba7486742ed7539dcf6546958f589",
+        patched_sha256="c5b08561495a2da3a5bae6c3a256a24d4ff2cd20a4c2b9600de853d15800e5dc",
+    ),
 )
-DP_ACTOR = PATCH_SET[0]
+DP_ACTOR, MEGATRON_ACTOR = PATCH_SET
 
 
 def parse_patch(text: str) -> tuple[str, list[Hunk]]:

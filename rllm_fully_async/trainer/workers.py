@@ -394,6 +394,10 @@ def megatron_worker_class() -> type:
                 # Megatron's forward calls torch.cuda.current_device(): it cannot train on CPU.
                 raise _megatron_unavailable("torch.cuda.is_available() is False on this worker")
             super().__init__(config, _verl_role(role), **kwargs)
+            if self._is_ref:
+                # verl 0.7.1 sets this only for a ref-only worker, but init_model reads it whenever a
+                # reference model is built: an actor+ref worker would fail with AttributeError.
+                self._ref_is_offload_param = self.config.ref.megatron.get("param_offload", False)
             self.role = role
             self._is_rollout = False
             self._init_weight_sync()

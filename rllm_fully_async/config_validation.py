@@ -31,6 +31,7 @@ ASYNC_KEYS = {
     "param_sync_timeout_s",
     "weight_sync_bucket_mb",
     "weight_sync_load_format",
+    "weight_sync_max_buckets_in_flight",
 }
 ROLLOUT_SERVER_KEYS = {
     "urls",
@@ -151,6 +152,11 @@ def validate_async_training(cfg: DictConfig) -> None:
         a.weight_sync_load_format in LOAD_FORMATS,
         "async_training.weight_sync_load_format",
         f"must be null (one broadcast per tensor) or 'flattened_bucket', got {a.weight_sync_load_format!r}",
+    )
+    _require(
+        a.weight_sync_max_buckets_in_flight >= 1,
+        "async_training.weight_sync_max_buckets_in_flight",
+        f"must be >= 1, got {a.weight_sync_max_buckets_in_flight}",
     )
 
 

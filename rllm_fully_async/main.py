@@ -104,7 +104,11 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
     from rllm_fully_async.message_queue import MessageQueue
     from rllm_fully_async.patches import require_patched_verl
     from rllm_fully_async.rollout.executor import RolloutExecutor
-    from rllm_fully_async.servers.rollout_servers import RolloutServers, start_rollout_servers
+    from rllm_fully_async.servers.rollout_servers import (
+        RolloutServers,
+        server_weight_dtype,
+        start_rollout_servers,
+    )
     from rllm_fully_async.sync.param_sync import ParamSync
     from rllm_fully_async.trainer.fully_async_trainer import ExecutorGate, FullyAsyncTrainer
     from rllm_fully_async.trainer.validation import Validator
@@ -146,6 +150,8 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
             backend="nccl" if has_cuda else "gloo",
             bucket_size_mb=cfg.async_training.weight_sync_bucket_mb,
             load_format=cfg.async_training.weight_sync_load_format,
+            dtype=server_weight_dtype(cfg),
+            max_buckets_in_flight=cfg.async_training.weight_sync_max_buckets_in_flight,
             timeout_s=cfg.async_training.param_sync_timeout_s,
             tp_size=servers_tp_size(cfg),
         )

@@ -185,3 +185,34 @@ def test_a_frozen_server_times_out_naming_the_step(actor_wg, engine, toy_model_d
         assert time.monotonic() - start < 2 * 5 + 15
         gate.close()
         frozen.stop()
+
+
+def test_sync_sends_the_servers_dtype_with_bounded_buckets_in_flight(actor_wg, engine):
+    """fp32 master weights go to a bf16 rollout as bf16 bytes; rank 0 keeps at most 1 bucket in flight."""
+    version = parse_weight_version(_weight_version(engine.url)) + 1
+    gate = ClientGate([engine.url])
+    sync = ParamSync(
+        actor_wg,
+        [engine.url],
+        gate,
+        backend="gloo",
+        bucket_size_mb=0.05,
+        timeout_s=60,
+        dtype="bfloat16",
+        load_format="flattened_bucket",
+        max_buckets_in_flight=1,
+    )
+    try:
+        sync.init_group()
+        assert {dtype for _name, dtype, _shape in sync.metadata} == {"bfloat16"}
+        stats = sync.sync(version)
+        numel = sum(torch.Size(shape).numel() for _name, _dtype, shape in sync.metadata)
+        assert stats.bytes == 2 * numel  # 2 bytes per weight on the wire, not fp32's 4
+        assert len(sync.buckets) > 5 and stats.broadcasts == len(sync.buckets)
+        assert stats.peak_buckets_in_flight == 1
+        assert _weight_version(engine.url) == str(version)
+        out = _server_greedy(gate, PROMPTS[0])
+        assert len(out.token_ids) == NEW_TOKENS and [c.version for c in out.chunks] == [version]
+    finally:
+        sync.close()
+        gate.close()

@@ -24,6 +24,7 @@ from rllm_fully_async.servers.rollout_servers import (
     build_cpu_engine_args,
     build_sglang_args,
     is_healthy,
+    server_weight_dtype,
     spec_from_config,
     start_rollout_servers,
 )
@@ -123,6 +124,24 @@ def _run_config(**rollout_servers) -> OmegaConf:
             },
         }
     )
+
+
+def test_weight_sync_sends_the_servers_dtype(toy_model_dir) -> None:
+    """bf16 SGLang servers get bf16; "auto" follows SGLang's rule (fp32 checkpoint -> fp16); the CPU engine
+    runs the checkpoint's dtype."""
+    cfg = _run_config()
+    assert server_weight_dtype(cfg) == "bfloat16"
+    cfg.actor_rollout_ref.rollout.dtype = "half"
+    assert server_weight_dtype(cfg) == "float16"
+    cfg.actor_rollout_ref.model.path = str(toy_model_dir)  # saved in float32
+    cfg.actor_rollout_ref.rollout.dtype = "auto"
+    assert server_weight_dtype(cfg) == "float16"
+    cfg.actor_rollout_ref.rollout.name = "cpu_engine"
+    assert server_weight_dtype(cfg) == "float32"
+    cfg.actor_rollout_ref.rollout.name = "sglang"
+    cfg.actor_rollout_ref.rollout.dtype = "fp8"
+    with pytest.raises(ValueError, match="actor_rollout_ref.rollout.dtype='fp8'"):
+        server_weight_dtype(cfg)
 
 
 def test_spec_from_config_reads_verl_and_rollout_server_keys() -> None:

@@ -103,7 +103,7 @@ class _Segment:
 
     token_ids: list[int]
     logprobs: list[float]
-    version: int
+    version: int | None  # None: SGLang sent none (a request aborted while queued or retracted)
     finish_type: str
 
 
@@ -149,7 +149,14 @@ def parse_weight_version(value: Any) -> int:
 
 
 def parse_generate_response(body: Any) -> _Segment:
-    """Tokens, logprobs, weight version and finish type of one non-streamed ``/generate`` answer."""
+    """Tokens, logprobs, weight version and finish type of one non-streamed ``/generate`` answer.
+
+    SGLang 0.5.6 stamps ``meta_info.weight_version`` on outputs of the running batch only
+    (``TokenizerManager._handle_batch_output``). A request aborted while waiting in the queue, including one
+    retracted there after generating, is answered by ``TokenizerManager._handle_abort_req``: 200,
+    ``finish_reason`` abort, the tokens and logprobs received so far, ``completion_tokens``, and no
+    ``weight_version``. Such a segment has ``version=None``; any other answer without a version is an error.
+    """
     if not isinstance(body, dict) or not isinstance(body.get("meta_info"), dict):
         raise ServerProtocolError(f"/generate answer has no meta_info: {str(body)[:300]}")
     meta = body["meta_info"]
@@ -172,7 +179,13 @@ def parse_generate_response(body: Any) -> _Segment:
         raise ServerProtocolError(
             f"output_ids ({len(output_ids)} tokens) disagree with output_token_logprobs ({len(token_ids)})"
         )
-    return _Segment(token_ids, logprobs, parse_weight_version(meta.get("weight_version")), finish_type)
+    if "weight_version" not in meta:
+        if finish_type != "abort":
+            raise ServerProtocolError(
+                f"/generate answer (finish_reason {finish_type}) has no meta_info.weight_version"
+            )
+        return _Segment(token_ids, logprobs, None, finish_type)
+    return _Segment(token_ids, logprobs, parse_weight_version(meta["weight_version"]), finish_type)
 
 
 def parse_load(body: Any) -> int:
@@ -232,6 +245,9 @@ class RolloutClient:
         self._outage_timeout_s = outage_timeout_s
 
         self._paused = False
+        # The weight version the servers generate under, as far as this client knows: the newest version an
+        # answer carried, or the one resume() was given. It labels tokens of answers that carry no version.
+        self._version = 0
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._dispatching = 0
@@ -364,9 +380,17 @@ class RolloutClient:
                 # Nothing awaits between passing the gate and _post_generate registering the dispatch, so
                 # pause() either waits for this request to be written or this request sees the pause.
                 rid = uuid.uuid4().hex
+                # Versions change only while paused, and a pause aborts every request, so whatever this
+                # request generates comes from the version in force now.
+                version = self._version
                 try:
                     body = await self._post_generate(server, {**payload, "rid": rid})
-                    return parse_generate_response(body), len(errors)
+                    segment = parse_generate_response(body)
+                    if segment.version is None:
+                        segment.version = version
+                    else:
+                        self._version = max(self._version, segment.version)
+                    return segment, len(errors)
                 except _RetryableError as e:
                     errors.append(f"{server.url}: {e}")
                     self._mark_failed(server, str(e))
@@ -461,8 +485,15 @@ class RolloutClient:
             logger.warning("%d requests still connecting when pausing the rollout servers", self._dispatching)
         await self._broadcast("/pause_generation", {"mode": "abort"})
 
-    async def resume(self) -> None:
-        """``/continue_generation`` on every server, then open the gate."""
+    async def resume(self, version: int | None = None) -> None:
+        """``/continue_generation`` on every server, then open the gate.
+
+        ``version``: the weight version the servers now hold (after a sync). It labels the tokens of an answer
+        that carries no version of its own (a request aborted while queued), should one arrive before any
+        answer that does.
+        """
+        if version is not None:
+            self._version = int(version)
         await self._broadcast("/continue_generation", {})
         self._paused = False
         self._resumed.set()
@@ -539,12 +570,15 @@ class RolloutClient:
         group_name: str,
         version: int | None = None,
         load_format: str | None = None,
+        flush_cache: bool = True,
     ) -> None:
         """Every server receives one bucket of tensors broadcast by the trainer (rank 0) over the group.
 
         Returns once every server has loaded the bucket; run the trainer's broadcast concurrently.
         ``load_format="flattened_bucket"``: the trainer broadcasts one uint8 buffer holding all tensors.
         SGLang ignores ``version`` for an update made while paused: use :meth:`update_weight_version`.
+        ``flush_cache`` (SGLang's default: true) flushes the prefix cache, and empties CUDA's cache, after the
+        bucket; a sync of many buckets sends false and calls :meth:`flush_cache` once at the end.
         """
         if not len(names) == len(dtypes) == len(shapes):
             raise ValueError(f"names/dtypes/shapes lengths differ: {len(names)}/{len(dtypes)}/{len(shapes)}")
@@ -553,6 +587,7 @@ class RolloutClient:
             "dtypes": [str(d).removeprefix("torch.") for d in dtypes],
             "shapes": [list(map(int, s)) for s in shapes],
             "group_name": group_name,
+            "flush_cache": bool(flush_cache),
         }
         if version is not None:
             payload["weight_version"] = str(int(version))

@@ -323,7 +323,7 @@ class RolloutExecutor:
             counts = await self._queue.counts.remote()
             self._version = version
             self._admission.on_sync(version, counts["in_flight"] + counts["queued"])
-        await self._client.resume()
+        await self._client.resume(self._version)
         self._paused = False
         self._paused_clock.update(False)
         self._update_idle()

@@ -573,6 +573,48 @@ def spec_from_config(cfg: Any) -> RolloutServerSpec:
     )
 
 
+# SGLang 0.5.6's --dtype spellings (ServerArgs.add_cli_args choices) -> torch dtype names
+_SGLANG_DTYPES = {"half": "float16", "float16": "float16", "bfloat16": "bfloat16", "float": "float32",
+                  "float32": "float32"}  # fmt: skip
+
+
+def _checkpoint_dtype(model_path: str) -> str | None:
+    """The dtype a checkpoint's config names (``torch_dtype``, newer ``dtype``), or None."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    dtype = getattr(config, "torch_dtype", None) or getattr(config, "dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else None
+
+
+def server_weight_dtype(cfg: Any) -> str | None:
+    """The dtype the rollout servers hold weights in: weight sync sends that, not the trainer's fp32.
+
+    SGLang: ``actor_rollout_ref.rollout.dtype``; for ``auto``, SGLang's own rule
+    (``configs/model_config._get_and_verify_dtype``): a float32 checkpoint runs in float16 (Gemma:
+    bfloat16), any other in its own dtype. The CPU engine runs ``auto``, the checkpoint's dtype. None
+    where the checkpoint names none (the trainer's dtype is sent).
+    """
+    rollout = cfg.actor_rollout_ref.rollout
+    model_path = str(cfg.actor_rollout_ref.model.path)
+    if ROLLOUT_NAME_TO_KIND.get(rollout.name) == "cpu":
+        return _checkpoint_dtype(model_path)
+    dtype = str(rollout.get("dtype") or "auto").lower()
+    if dtype != "auto":
+        if dtype not in _SGLANG_DTYPES:
+            raise ValueError(
+                f"actor_rollout_ref.rollout.dtype={dtype!r} is not an SGLang dtype; "
+                f"use one of {sorted(_SGLANG_DTYPES)}"
+            )
+        return _SGLANG_DTYPES[dtype]
+    checkpoint = _checkpoint_dtype(model_path) or "float32"
+    if checkpoint != "float32":
+        return checkpoint
+    from transformers import AutoConfig
+
+    return "bfloat16" if AutoConfig.from_pretrained(model_path).model_type.startswith("gemma") else "float16"
+
+
 def start_rollout_servers(cfg: Any) -> RolloutServers | ExternalRolloutServers:
     """Start (or, with ``rollout_servers.urls``, wait for) the servers a run's config asks for.
 

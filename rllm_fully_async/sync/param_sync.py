@@ -53,7 +53,7 @@ class RolloutGate(Protocol):
 class SyncStats:
     """Wall time of one sync: ``pause_s`` (gate), ``transfer_s`` (broadcast + load on the servers),
     ``resume_s`` (version bump, cache flush, gate), ``total_s``; ``bytes`` broadcast by trainer rank 0 in
-    ``broadcasts`` collectives."""
+    ``broadcasts`` collectives, with at most ``peak_buckets_in_flight`` buckets sent and not yet received."""
 
     version: int
     pause_s: float
@@ -62,6 +62,7 @@ class SyncStats:
     total_s: float
     bytes: int
     broadcasts: int
+    peak_buckets_in_flight: int = 0
 
 
 class ParamSyncError(RuntimeError):
@@ -164,7 +165,7 @@ class ClientGate:
         self._loop.run(self.client.pause(), self._timeout_s, "pause_generation")
 
     def resume(self, version: int) -> None:
-        self._loop.run(self.client.resume(), self._timeout_s, "continue_generation")
+        self._loop.run(self.client.resume(version), self._timeout_s, "continue_generation")
 
     def close(self) -> None:
         self._loop.run(self.client.close(), self._timeout_s, "closing the rollout client")
@@ -177,7 +178,9 @@ class ParamSync:
     ``actor_wg`` is a ``RayWorkerGroup`` of those workers; rank 0 is group rank 0 of the weight-update
     group, server ``i`` (``tp_size`` ranks each) takes ranks ``1 + i * tp_size`` onward.
     ``master_address`` must reach worker rank 0's node from every server (loopback on one machine).
-    ``dtype`` (e.g. ``"bfloat16"``) casts the weights before sending; ``None`` keeps the trainer's dtype.
+    ``dtype`` (e.g. ``"bfloat16"``): the servers' dtype, to which each bucket is converted as it is sent (so
+    fp32 master weights cross the wire as bf16 for a bf16 rollout); ``None`` keeps the trainer's dtype.
+    ``max_buckets_in_flight``: buckets worker rank 0 may have sent and the servers not yet received.
     ``load_format="flattened_bucket"`` sends each bucket as one buffer (SGLang's format of that name);
     ``None`` sends tensor by tensor, which every SGLang version with this API understands.
     After :meth:`init_group`, ``metadata`` lists every tensor in broadcast order and ``buckets`` how it
@@ -198,6 +201,7 @@ class ParamSync:
         tp_size: int = 1,
         dtype: str | None = None,
         load_format: str | None = None,
+        max_buckets_in_flight: int = 2,
     ) -> None:
         if not server_urls:
             raise ValueError("server_urls is empty: ParamSync needs at least one rollout server")
@@ -209,6 +213,8 @@ class ParamSync:
             raise ValueError(f"timeout_s={timeout_s} must be positive")
         if dtype is not None and not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype={dtype!r} is not a torch dtype name such as 'bfloat16' or 'float32'")
+        if max_buckets_in_flight < 1:
+            raise ValueError(f"max_buckets_in_flight={max_buckets_in_flight} must be >= 1")
         if load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format={load_format!r}: use None (per tensor) or 'flattened_bucket'")
         self.actor_wg = actor_wg
@@ -221,6 +227,7 @@ class ParamSync:
         self.master_address = master_address
         self.dtype = dtype
         self.load_format = load_format
+        self.max_buckets_in_flight = max_buckets_in_flight
         self.world_size = 1 + len(self.server_urls) * tp_size
         self.metadata: list[tuple[str, str, list[int]]] | None = None
         self.buckets: list[list[tuple[str, str, list[int]]]] = []
@@ -263,15 +270,19 @@ class ParamSync:
         paused = time.perf_counter()
 
         worker_refs = self.actor_wg.broadcast_weights(
-            self.group_name, self.bucket_size_mb, self.dtype, self.load_format == "flattened_bucket"
+            self.group_name,
+            self.bucket_size_mb,
+            self.dtype,
+            self.load_format == "flattened_bucket",
+            self.max_buckets_in_flight,
+            self.timeout_s,
         )
         worker_results = self._run_with_workers(
             "update_weights_from_distributed", self._push_buckets(), worker_refs
         )
         transferred = time.perf_counter()
 
-        self._run_on_servers("update_weight_version", self._client.update_weight_version(version))
-        self._run_on_servers("flush_cache", self._client.flush_cache())
+        self._run_on_servers("update_weight_version and flush_cache", self._publish(version))
         self._call_bounded(lambda: self.gate.resume(version), "resuming the rollout (gate.resume)")
         end = time.perf_counter()
         return SyncStats(
@@ -282,6 +293,7 @@ class ParamSync:
             total_s=end - start,
             bytes=int(worker_results[0]["bytes"]),
             broadcasts=int(worker_results[0]["broadcasts"]),
+            peak_buckets_in_flight=int(worker_results[0]["peak_buckets_in_flight"]),
         )
 
     def rejoin(self) -> None:
@@ -332,12 +344,30 @@ class ParamSync:
                     logger.warning("ParamSync: %s failed: %s", step, e)
 
     async def _push_buckets(self) -> None:
-        """Each bucket is one request per server; the servers receive it while worker rank 0 sends it."""
+        """Each bucket is one request per server; the servers receive it while worker rank 0 sends it.
+
+        ``flush_cache=False`` per bucket: SGLang would otherwise flush its prefix cache and empty CUDA's cache
+        after every bucket; :meth:`_publish` flushes once, after the last.
+        """
         for bucket in self.buckets:
             names, dtypes, shapes = zip(*bucket, strict=True)
             await self._client.update_weights_from_distributed(
-                list(names), list(dtypes), list(shapes), self.group_name, load_format=self.load_format
+                list(names),
+                list(dtypes),
+                list(shapes),
+                self.group_name,
+                load_format=self.load_format,
+                flush_cache=False,
             )
+
+    async def _publish(self, version: int) -> None:
+        """Set the servers' weight version, then flush their prefix caches (computed with the old weights).
+
+        SGLang does not apply a ``weight_version`` sent with an update made while paused, hence the explicit
+        ``/update_weight_version``. ``/flush_cache`` answers 400 while requests run; none do while paused.
+        """
+        await self._client.update_weight_version(version)
+        await self._client.flush_cache()
 
     def _run_with_workers(self, step: str, server_call: Coroutine, worker_refs: list) -> list:
         """Await the servers' HTTP call and the workers' Ray calls together; the first failure wins.

@@ -78,9 +78,14 @@ def init_weight_update_group(
     return group
 
 
-def broadcast_tensor(group: dist.ProcessGroup, tensor: torch.Tensor, src: int = 0) -> None:
-    """Broadcast ``tensor`` in place from group rank ``src`` to every rank of ``group``."""
-    dist.broadcast(tensor, src=src, group=group)
+def broadcast_tensor(
+    group: dist.ProcessGroup, tensor: torch.Tensor, src: int = 0, async_op: bool = False
+) -> dist.Work | None:
+    """Broadcast ``tensor`` in place from group rank ``src`` to every rank of ``group``.
+
+    ``async_op``: return the collective's work at once instead of waiting for it.
+    """
+    return dist.broadcast(tensor, src=src, group=group, async_op=async_op)
 
 
 def destroy_weight_update_group(group: dist.ProcessGroup) -> None:

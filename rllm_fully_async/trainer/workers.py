@@ -40,6 +40,7 @@ from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, Ra
 from verl.utils.device import get_device_id, get_device_name
 from verl.workers import fsdp_workers
 
+from rllm_fully_async.sync.broadcast_window import BroadcastWindow
 from rllm_fully_async.sync.param_sync import split_into_buckets
 from rllm_fully_async.sync.weight_update_group import (
     broadcast_tensor,
@@ -241,15 +242,24 @@ class WeightSyncMixin:
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
     def broadcast_weights(
-        self, group_name: str, bucket_size_mb: float, dtype: str | None = None, flattened: bool = False
+        self,
+        group_name: str,
+        bucket_size_mb: float,
+        dtype: str | None = None,
+        flattened: bool = False,
+        max_buckets_in_flight: int = 2,
+        timeout_s: float = 600.0,
     ) -> dict:
         """Gather full tensors a bucket at a time; rank 0 broadcasts them in metadata order.
 
-        ``flattened``: one broadcast per bucket of the tensors' bytes back to back (SGLang's
-        ``flattened_bucket`` load format) instead of one per tensor, so a sync costs a collective per
-        bucket rather than per tensor. Not blocking for the caller, who must meanwhile have the servers
-        receive. Returns ``{"bytes": bytes broadcast, "broadcasts": collectives issued (both 0 on ranks
-        > 0), "seconds": wall time on this rank}``.
+        ``dtype``: the rollout servers' dtype; each bucket is converted to it as it is sent (bf16 servers get
+        bf16 bytes from fp32 master weights), one bucket at a time. ``flattened``: one broadcast per bucket of
+        the tensors' bytes back to back (SGLang's ``flattened_bucket`` load format) instead of one per tensor.
+        At most ``max_buckets_in_flight`` buckets are sent and not yet received (:class:`BroadcastWindow`);
+        a wait longer than ``timeout_s`` raises. Not blocking for the caller, who must meanwhile have the
+        servers receive. Returns ``{"bytes": bytes broadcast, "broadcasts": collectives issued,
+        "peak_buckets_in_flight": most buckets sent and not yet received (all 0 on ranks > 0), "seconds":
+        wall time on this rank}``.
         """
         self._require_actor("broadcast_weights")
         if group_name not in self._weight_group_names:
@@ -258,6 +268,7 @@ class WeightSyncMixin:
         group = self._weight_groups.get(group_name)
         target_dtype = getattr(torch, dtype) if dtype else None
         sent = broadcasts = 0
+        window = BroadcastWindow(max_buckets_in_flight, timeout_s)
         with torch.no_grad(), self._weights_ready():
             buckets = split_into_buckets(
                 self._full_weights(),
@@ -266,17 +277,25 @@ class WeightSyncMixin:
             )
             for bucket in buckets:
                 if group is not None:
-                    # converted one at a time, so tensor by tensor never holds a converted copy of the bucket
-                    tensors = (t.to(dtype=target_dtype or t.dtype).contiguous() for _name, t in bucket)
+                    converted = (t.to(dtype=target_dtype or t.dtype).contiguous() for _name, t in bucket)
                     if flattened:
-                        tensors = [torch.cat([t.reshape(-1).view(torch.uint8) for t in tensors])]
-                    for tensor in tensors:
-                        broadcast_tensor(group, tensor, src=0)
-                        sent += tensor.numel() * tensor.element_size()
-                        broadcasts += 1
-                    del tensors, tensor
+                        converted = iter([torch.cat([t.reshape(-1).view(torch.uint8) for t in converted])])
+                    tensors, works = [], []
+                    for tensor in converted:  # each converted just before it is sent
+                        tensors.append(tensor)
+                        works.append(broadcast_tensor(group, tensor, src=0, async_op=True))
+                    sent += sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+                    broadcasts += len(tensors)
+                    window.push(works, tensors)
+                    del tensors, works
                 del bucket
-        return {"bytes": sent, "broadcasts": broadcasts, "seconds": time.perf_counter() - start}
+            window.drain()
+        return {
+            "bytes": sent,
+            "broadcasts": broadcasts,
+            "peak_buckets_in_flight": window.peak,
+            "seconds": time.perf_counter() - start,
+        }
 
 
 # ----------------------------------------------------------------------------------------------

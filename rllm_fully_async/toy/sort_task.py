@@ -1,0 +1,103 @@
+# Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
+"""A harder offline task for learning-speed studies: sort digits ("sort: 93151" -> "11359").
+
+The "Say 7" task of the CPU default is solved in a few dozen steps; comparing how fast lock-step and
+fully-async training *learn* needs a task where RL takes on the order of a hundred steps to approach its
+best reward, with a reward graded finely enough to climb. Here the reward is partial credit per digit: the
+share of positions where the reply's digits match the sorted answer, so one more digit in place is one
+more step up. A reply with more digits than the answer is charged for the surplus, so that padding with
+digits never pays.
+
+Digits are 1-9: the toy tokenizer merges "01" into one token, and every other digit string it splits
+into one token per digit, so each answer digit is one policy action. Rows follow verl's RL parquet format;
+``compute_score`` has the signature of verl's ``custom_reward_function``. A policy that is sometimes right
+from the start comes from :mod:`rllm_fully_async.toy.warm_start`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from rllm_fully_async.toy.task import write_parquet
+
+DATA_SOURCE = "toy_sort_digits"
+PROMPT_TEMPLATE = "sort: {digits}"
+DIGITS = "123456789"
+DEFAULT_LENGTH = 5
+
+
+def answer(digits: str) -> str:
+    return "".join(sorted(digits))
+
+
+def make_rows(
+    num_prompts: int, seed: int, split: str = "train", length: int = DEFAULT_LENGTH, index_offset: int = 0
+) -> list[dict[str, Any]]:
+    """``num_prompts`` rows of ``length`` random digits each, drawn from a stream seeded by split and seed.
+
+    ``extra_info.index`` (``index_offset + i``) is the prompt's stable id.
+    """
+    if num_prompts < 1 or length < 1:
+        raise ValueError(f"num_prompts and length must be >= 1, got {num_prompts} and {length}")
+    rng = random.Random(f"{DATA_SOURCE}/{split}/{seed}/{length}")
+    rows = []
+    for i in range(num_prompts):
+        digits = "".join(rng.choice(DIGITS) for _ in range(length))
+        rows.append(
+            {
+                "data_source": DATA_SOURCE,
+                "prompt": [{"role": "user", "content": PROMPT_TEMPLATE.format(digits=digits)}],
+                "ability": "sort",
+                "reward_model": {"style": "rule", "ground_truth": answer(digits)},
+                "extra_info": {"index": index_offset + i, "split": split},
+            }
+        )
+    return rows
+
+
+def ensure_dataset(
+    directory: str | os.PathLike,
+    train_size: int = 2048,
+    val_size: int = 64,
+    seed: int = 0,
+    length: int = DEFAULT_LENGTH,
+) -> tuple[str, str]:
+    """Train and validation parquet files under ``directory``, built unless already there.
+
+    Names carry the task, length, size and seed, so a changed setting never reuses a stale file.
+    """
+    directory = Path(directory)
+    stem = f"{DATA_SOURCE}{length}"
+    train = directory / f"{stem}_train_{train_size}_seed{seed}.parquet"
+    val = directory / f"{stem}_val_{val_size}_seed{seed}.parquet"
+    if not train.exists():
+        write_parquet(train, make_rows(train_size, seed, "train", length))
+    if not val.exists():
+        write_parquet(val, make_rows(val_size, seed, "val", length, index_offset=train_size))
+    return str(train), str(val)
+
+
+def digit_credit(reply: str, ground_truth: str) -> float:
+    """Correct positions over ``max(len(answer), digits in the reply)``: 1.0 only for the exact answer."""
+    digits = [c for c in reply if c.isdigit()]
+    correct = sum(a == b for a, b in zip(digits, ground_truth, strict=False))
+    return correct / max(len(ground_truth), len(digits))
+
+
+def compute_score(
+    data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None, **kwargs: Any
+) -> float:
+    """Partial credit per digit (:func:`digit_credit`); other data sources go to verl's default scorer."""
+    if data_source != DATA_SOURCE:
+        from verl.utils.reward_score import default_compute_score
+
+        return default_compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
+    if not (isinstance(ground_truth, str) and ground_truth and set(ground_truth) <= set(DIGITS)):
+        raise ValueError(
+            f"{DATA_SOURCE}: reward_model.ground_truth must be a non-empty string of digits 1-9, got "
+            f"{ground_truth!r}; rebuild the data with rllm_fully_async.toy.sort_task.ensure_dataset"
+        )
+    return digit_credit(solution_str, ground_truth)

@@ -250,6 +250,16 @@ def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
         "geo_mean ignores the whole-batch token count the patched dp_actor relies on; use vanilla (PPO clip)",
     )
     rollout_corr = cfg.algorithm.get("rollout_correction")
+    if actor.policy_loss.loss_mode == "decoupled_ppo":
+        _require(
+            rollout_corr is not None
+            and rollout_corr.get("rollout_is") == "token"
+            and not rollout_corr.get("bypass_mode", False),
+            "algorithm.rollout_correction.rollout_is",
+            "the decoupled_ppo policy loss weights each token by pi_proximal / pi_behaviour: set "
+            "algorithm.rollout_correction.rollout_is=token and bypass_mode=false "
+            "(rollout_is_threshold is the cap)",
+        )
     if rollout_corr is not None and rollout_corr.get("bypass_mode", False):
         _require(
             bool(actor.get("use_rollout_log_probs", False)),

@@ -111,6 +111,7 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
     )
     from rllm_fully_async.sync.param_sync import ParamSync
     from rllm_fully_async.trainer.fully_async_trainer import ExecutorGate, FullyAsyncTrainer
+    from rllm_fully_async.trainer.off_policy import share_correction_with_loss
     from rllm_fully_async.trainer.validation import Validator
     from rllm_fully_async.trainer.workers import create_actor_worker_group, shutdown_worker_group
 
@@ -119,6 +120,7 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
     validate(cfg, has_cuda=has_cuda)
     require_patched_verl()
     apply_mode(cfg)
+    share_correction_with_loss(cfg)
 
     init_ray(cfg)
     validate_cluster_fit(cfg, ray_node_resources())

@@ -64,6 +64,10 @@ def test_valid_cpu_config_passes(cpu_cfg):
         ("actor_rollout_ref.rollout.name=sglang", "actor_rollout_ref.rollout.name"),
         ("data.train_files=/nonexistent/train.parquet", "data.train_files"),
         ("actor_rollout_ref.model.path=/nonexistent/model", "actor_rollout_ref.model.path"),
+        (
+            "actor_rollout_ref.actor.policy_loss.loss_mode=decoupled_ppo",
+            "algorithm.rollout_correction.rollout_is",
+        ),
     ],
 )
 def test_bad_values_name_the_key(cpu_cfg, override, key):

@@ -47,6 +47,7 @@ from rllm_fully_async.sync.weight_update_group import (
     destroy_weight_update_group,
     init_weight_update_group,
 )
+from rllm_fully_async.trainer.off_policy import register as register_policy_losses
 
 # Our role names -> the verl role the worker is built with. Rollout is never built here (the rollout
 # servers do that), but "actor" is built as verl's "actor_rollout" so that verl normalises
@@ -313,6 +314,7 @@ class FSDPActorRefWorker(WeightSyncMixin, fsdp_workers.ActorRolloutRefWorker):
         verl_role = _verl_role(role)
         if get_device_name() == "cpu":
             apply_cpu_overrides(config)
+        register_policy_losses()  # this project's losses, in the process that builds the actor
         super().__init__(config, verl_role, **kwargs)
         self.role = role
         self._is_rollout = False
@@ -412,6 +414,7 @@ def megatron_worker_class() -> type:
             if not torch.cuda.is_available():
                 # Megatron's forward calls torch.cuda.current_device(): it cannot train on CPU.
                 raise _megatron_unavailable("torch.cuda.is_available() is False on this worker")
+            register_policy_losses()
             super().__init__(config, _verl_role(role), **kwargs)
             if self._is_ref:
                 # verl 0.7.1 sets this only for a ref-only worker, but init_model reads it whenever a

@@ -2,10 +2,10 @@
 """A starting policy that is sometimes right: the toy model after a short supervised warm-start.
 
 RL fine-tunes pretrained models, which already solve part of a task; a randomly initialised toy model
-solves none of the digit-sorting task, and RL from there mostly measures luck. A few dozen supervised steps
+solves none of the digit tasks, and RL from there mostly measures luck. A few dozen supervised steps
 on examples from their own split (never the RL prompts) give a policy that gets some digits right, as a
-pretrained model would, and leave most of the climb to RL. Deterministic per (seed, steps, length): one
-torch thread, seeded data and initialisation.
+pretrained model would, and leave most of the climb to RL. Deterministic per (seed, steps, operation,
+length): one torch thread, seeded data and initialisation.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import json
 import os
 from pathlib import Path
 
+from rllm_fully_async.toy import digits_task
 from rllm_fully_async.toy import model as toy_model
-from rllm_fully_async.toy import sort_task
 
-DEFAULT_STEPS = 30
+DEFAULT_STEPS = 20
 BATCH_SIZE = 32
 LEARNING_RATE = 3e-3
 
@@ -45,9 +45,13 @@ def _batch(tokenizer, rows: list[dict]) -> dict:
 
 
 def warm_start(
-    out: str | os.PathLike, steps: int = DEFAULT_STEPS, seed: int = 0, length: int = sort_task.DEFAULT_LENGTH
+    out: str | os.PathLike,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    length: int = digits_task.DEFAULT_LENGTH,
+    operation: str = digits_task.DEFAULT_OPERATION,
 ) -> Path:
-    """Build the toy model, train it ``steps`` supervised steps on sorting, and save it to ``out``."""
+    """Build the toy model, train it ``steps`` supervised steps on the digit task, and save it to ``out``."""
     import torch
 
     out = Path(out)
@@ -57,7 +61,7 @@ def warm_start(
         tokenizer = toy_model.build_tokenizer()
         model = toy_model.build_model(tokenizer, seed=seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
-        rows = sort_task.make_rows(max(1, steps) * BATCH_SIZE, seed, split="warm_start", length=length)
+        rows = digits_task.make_rows(max(1, steps) * BATCH_SIZE, seed, "warm_start", length, operation)
         model.train()
         for step in range(steps):
             loss = model(**_batch(tokenizer, rows[step * BATCH_SIZE : (step + 1) * BATCH_SIZE])).loss
@@ -69,19 +73,24 @@ def warm_start(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out)
     model.save_pretrained(out, safe_serialization=True)
-    marker = {"seed": seed, "warm_start_steps": steps, "task": sort_task.DATA_SOURCE, "length": length}
+    marker = {"seed": seed, "warm_start_steps": steps, "operation": operation, "length": length}
     (out / "toy_model.json").write_text(json.dumps({**marker, **toy_model.DEFAULT_MODEL_SHAPE}) + "\n")
     return out
 
 
 def ensure_warm_started(
-    out: str | os.PathLike, steps: int = DEFAULT_STEPS, seed: int = 0, length: int = sort_task.DEFAULT_LENGTH
+    out: str | os.PathLike,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    length: int = digits_task.DEFAULT_LENGTH,
+    operation: str = digits_task.DEFAULT_OPERATION,
 ) -> Path:
     """The warm-started model at ``out``, trained unless one with these settings is already there."""
     out = Path(out)
     marker = out / "toy_model.json"
+    wanted = {"seed": seed, "warm_start_steps": steps, "operation": operation, "length": length}
     if marker.exists() and (out / "model.safetensors").exists():
         saved = json.loads(marker.read_text())
-        if (saved.get("seed"), saved.get("warm_start_steps"), saved.get("length")) == (seed, steps, length):
+        if {key: saved.get(key) for key in wanted} == wanted:
             return out
-    return warm_start(out, steps=steps, seed=seed, length=length)
+    return warm_start(out, steps=steps, seed=seed, length=length, operation=operation)

@@ -1,12 +1,13 @@
 # Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
-"""A harder offline task for learning-speed studies: sort digits ("sort: 93151" -> "11359").
+"""Harder offline tasks for learning-speed studies: copy, reverse or sort a string of digits
+("copy: 93151" -> "93151", "reverse: 93151" -> "15139", "sort: 93151" -> "11359").
 
 The "Say 7" task of the CPU default is solved in a few dozen steps; comparing how fast lock-step and
 fully-async training *learn* needs a task where RL takes on the order of a hundred steps to approach its
 best reward, with a reward graded finely enough to climb. Here the reward is partial credit per digit: the
-share of positions where the reply's digits match the sorted answer, so one more digit in place is one
-more step up. A reply with more digits than the answer is charged for the surplus, so that padding with
-digits never pays.
+share of positions where the reply's digits match the answer, so one more digit in place is one more step
+up. A reply with more digits than the answer is charged for the surplus, so that padding with digits
+never pays.
 
 Digits are 1-9: the toy tokenizer merges "01" into one token, and every other digit string it splits
 into one token per digit, so each answer digit is one policy action. Rows follow verl's RL parquet format;
@@ -23,23 +24,31 @@ from typing import Any
 
 from rllm_fully_async.toy.task import write_parquet
 
-DATA_SOURCE = "toy_sort_digits"
-PROMPT_TEMPLATE = "sort: {digits}"
+DATA_SOURCE = "toy_digits"
 DIGITS = "123456789"
+OPERATIONS = {"copy": lambda d: d, "reverse": lambda d: d[::-1], "sort": lambda d: "".join(sorted(d))}
+DEFAULT_OPERATION = "copy"
 DEFAULT_LENGTH = 5
 
 
-def answer(digits: str) -> str:
-    return "".join(sorted(digits))
+def _check(operation: str) -> None:
+    if operation not in OPERATIONS:
+        raise ValueError(f"operation must be one of {sorted(OPERATIONS)}, got {operation!r}")
 
 
 def make_rows(
-    num_prompts: int, seed: int, split: str = "train", length: int = DEFAULT_LENGTH, index_offset: int = 0
+    num_prompts: int,
+    seed: int,
+    split: str = "train",
+    length: int = DEFAULT_LENGTH,
+    operation: str = DEFAULT_OPERATION,
+    index_offset: int = 0,
 ) -> list[dict[str, Any]]:
     """``num_prompts`` rows of ``length`` random digits each, drawn from a stream seeded by split and seed.
 
     ``extra_info.index`` (``index_offset + i``) is the prompt's stable id.
     """
+    _check(operation)
     if num_prompts < 1 or length < 1:
         raise ValueError(f"num_prompts and length must be >= 1, got {num_prompts} and {length}")
     rng = random.Random(f"{DATA_SOURCE}/{split}/{seed}/{length}")
@@ -49,9 +58,9 @@ def make_rows(
         rows.append(
             {
                 "data_source": DATA_SOURCE,
-                "prompt": [{"role": "user", "content": PROMPT_TEMPLATE.format(digits=digits)}],
-                "ability": "sort",
-                "reward_model": {"style": "rule", "ground_truth": answer(digits)},
+                "prompt": [{"role": "user", "content": f"{operation}: {digits}"}],
+                "ability": operation,
+                "reward_model": {"style": "rule", "ground_truth": OPERATIONS[operation](digits)},
                 "extra_info": {"index": index_offset + i, "split": split},
             }
         )
@@ -64,19 +73,21 @@ def ensure_dataset(
     val_size: int = 64,
     seed: int = 0,
     length: int = DEFAULT_LENGTH,
+    operation: str = DEFAULT_OPERATION,
 ) -> tuple[str, str]:
     """Train and validation parquet files under ``directory``, built unless already there.
 
-    Names carry the task, length, size and seed, so a changed setting never reuses a stale file.
+    Names carry the operation, length, size and seed, so a changed setting never reuses a stale file.
     """
+    _check(operation)
     directory = Path(directory)
-    stem = f"{DATA_SOURCE}{length}"
+    stem = f"{DATA_SOURCE}_{operation}{length}"
     train = directory / f"{stem}_train_{train_size}_seed{seed}.parquet"
     val = directory / f"{stem}_val_{val_size}_seed{seed}.parquet"
     if not train.exists():
-        write_parquet(train, make_rows(train_size, seed, "train", length))
+        write_parquet(train, make_rows(train_size, seed, "train", length, operation))
     if not val.exists():
-        write_parquet(val, make_rows(val_size, seed, "val", length, index_offset=train_size))
+        write_parquet(val, make_rows(val_size, seed, "val", length, operation, index_offset=train_size))
     return str(train), str(val)
 
 
@@ -98,6 +109,6 @@ def compute_score(
     if not (isinstance(ground_truth, str) and ground_truth and set(ground_truth) <= set(DIGITS)):
         raise ValueError(
             f"{DATA_SOURCE}: reward_model.ground_truth must be a non-empty string of digits 1-9, got "
-            f"{ground_truth!r}; rebuild the data with rllm_fully_async.toy.sort_task.ensure_dataset"
+            f"{ground_truth!r}; rebuild the data with rllm_fully_async.toy.digits_task.ensure_dataset"
         )
     return digit_credit(solution_str, ground_truth)

@@ -12,7 +12,7 @@ import os
 
 from omegaconf import DictConfig
 
-from rllm_fully_async.sync.param_sync import LOAD_FORMATS
+from rllm_fully_async.config_schema import ASYNC_MODES, LOAD_FORMATS, ROLLOUT_ENGINES, STALENESS_POLICIES
 
 ASYNC_KEYS = {
     "mode",
@@ -45,7 +45,6 @@ ROLLOUT_SERVER_KEYS = {
     "host",
     "env",
 }
-ROLLOUT_ENGINES = ("sglang", "cpu_engine")
 # Estimators computed from outcome rewards alone. GAE needs a critic and REMAX a greedy baseline rollout,
 # neither of which the fully-async trainer runs.
 SUPPORTED_ESTIMATORS = (
@@ -105,7 +104,7 @@ def validate_async_training(cfg: DictConfig) -> None:
     """Checks of the ``async_training`` section alone."""
     a = cfg.async_training
     _check_known_keys(a, ASYNC_KEYS, "async_training")
-    _require(a.mode in ("async", "sync"), "async_training.mode", f"must be 'async' or 'sync', got {a.mode!r}")
+    _require(a.mode in ASYNC_MODES, "async_training.mode", f"must be one of {ASYNC_MODES}, got {a.mode!r}")
     _require(
         isinstance(a.required_samples, int) and a.required_samples >= 1,
         "async_training.required_samples",
@@ -127,9 +126,9 @@ def validate_async_training(cfg: DictConfig) -> None:
         f"must be null or an integer >= 0, got {a.max_staleness!r}",
     )
     _require(
-        a.staleness_policy in ("drop", "keep"),
+        a.staleness_policy in STALENESS_POLICIES,
         "async_training.staleness_policy",
-        f"must be 'drop' or 'keep', got {a.staleness_policy!r}",
+        f"must be one of {STALENESS_POLICIES}, got {a.staleness_policy!r}",
     )
     _require(
         a.max_queue_size is None or a.max_queue_size >= a.required_samples,
@@ -198,7 +197,7 @@ def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
     _require(
         rollout.name in ROLLOUT_ENGINES,
         "actor_rollout_ref.rollout.name",
-        f"must be one of {ROLLOUT_ENGINES}, got {rollout.name!r}",
+        f"must be one of {tuple(ROLLOUT_ENGINES)}, got {rollout.name!r}",
     )
     if rollout.name == "sglang" and not has_cuda and not cfg.rollout_servers.urls:
         raise ConfigError(

@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 
 import ray
 
+from rllm_fully_async.config_schema import STALENESS_POLICIES
+from rllm_fully_async.rollout.staleness import staleness
 from rllm_fully_async.rollout.trajectory import Prompt, TrajectoryGroup
 
-STALENESS_POLICIES = ("drop", "keep")
 # Filter reason used when a too-stale group is returned after the producer has finished: nobody is
 # left to regenerate it.
 STALE_AFTER_END = "stale_after_end_of_stream"
@@ -183,7 +184,7 @@ class MessageQueue:
             groups = [self._queued.popleft() for _ in range(min(num_groups, len(self._queued)))]
             for group in groups:
                 self._trained_uids.setdefault(group.epoch, Counter())[group.uid] += 1
-                if max_staleness is not None and group.staleness(trainer_version) > max_staleness:
+                if max_staleness is not None and staleness(trainer_version, group) > max_staleness:
                     self._stats["kept_stale"] += 1
             self._stats["gets"] += 1
             self._stats["get_wait_s"] += time.monotonic() - start
@@ -268,10 +269,10 @@ class MessageQueue:
     def _drop_stale(self, trainer_version: int, max_staleness: int) -> None:
         keep: deque[TrajectoryGroup] = deque()
         for group in self._queued:
-            if group.staleness(trainer_version) <= max_staleness:
+            if staleness(trainer_version, group) <= max_staleness:
                 keep.append(group)
             elif self._closed:
-                self._filter(group.key, STALE_AFTER_END, f"staleness {group.staleness(trainer_version)}")
+                self._filter(group.key, STALE_AFTER_END, f"staleness {staleness(trainer_version, group)}")
             else:
                 self._in_flight[group.key] = group.datum
                 self._requeue.append(group.key)

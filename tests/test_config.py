@@ -157,3 +157,41 @@ def test_cli_reports_unknown_key_and_missing_model(tmp_path):
     )
     assert missing.returncode == 2, missing.stderr[-2000:]
     assert "actor_rollout_ref.model.path: is required" in missing.stderr
+
+
+def test_code_takes_its_defaults_from_the_base_yaml():
+    """A partial config gets the YAML's values (the one home of the defaults), not ones restated in code."""
+    from rllm_fully_async.rollout.executor import ExecutorSettings
+    from rllm_fully_async.servers.rollout_servers import RolloutServerSpec
+
+    with open(config_dir() / "fully_async_base.yaml") as f:
+        base = yaml.safe_load(f)
+    partial = {
+        "data": {"train_files": "x.parquet", "max_prompt_length": 8, "max_response_length": 8},
+        "actor_rollout_ref": {"model": {"path": "m"}, "rollout": {"n": 2}},
+        "trainer": {"total_epochs": 1},
+        "async_training": {"required_samples": 4},
+    }
+    s = ExecutorSettings.from_config(partial)
+    a = base["async_training"]
+    assert (s.staleness_threshold, s.max_concurrency, s.max_retries, s.partial_rollout) == (
+        a["staleness_threshold"],
+        a["max_concurrency"],
+        a["max_retries"],
+        a["partial_rollout"],
+    )
+    assert s.server_outage_timeout_s == base["rollout_servers"]["startup_timeout_s"]
+    spec = RolloutServerSpec(kind="cpu", model_path="m")
+    servers = base["rollout_servers"]
+    assert spec.max_restarts == servers["max_restarts"]
+    assert spec.startup_timeout_s == servers["startup_timeout_s"]
+
+
+def test_config_validation_imports_no_heavy_runtime():
+    """Validating a config needs the fixed lists only, not torch, Ray or aiohttp."""
+    code = (
+        "import sys, rllm_fully_async.config_validation\n"
+        "heavy = [m for m in ('torch', 'ray', 'aiohttp') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

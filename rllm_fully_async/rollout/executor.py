@@ -23,6 +23,7 @@ from typing import Any
 
 import ray
 
+from rllm_fully_async.config_schema import with_base_defaults
 from rllm_fully_async.rollout.reward_guard import InvalidReward, WatchedReward, check_reward, function_name
 from rllm_fully_async.rollout.rollout_fn import chat_prompt_ids, load_reward_fn, load_rollout_fn
 from rllm_fully_async.rollout.staleness import AdmissionController
@@ -39,7 +40,10 @@ REQUEUE_POLL_S = 5.0
 
 @dataclass
 class ExecutorSettings:
-    """What the executor reads from the run configuration (verl's keys plus ``async_training``)."""
+    """What the executor reads from the run configuration (verl's keys plus ``async_training``).
+
+    No defaults here: :meth:`from_config` fills what a config leaves out from the base YAML in config/.
+    """
 
     train_files: list[str]
     tokenizer_path: str
@@ -47,28 +51,29 @@ class ExecutorSettings:
     max_prompt_length: int
     max_response_length: int
     required_samples: int
-    prompt_key: str = "prompt"
-    shuffle: bool = True
-    seed: int = 1
-    total_epochs: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    staleness_threshold: float = 0.0
-    trigger_parameter_sync_step: int = 1
-    partial_rollout: bool = True
-    max_concurrency: int = 256
-    max_retries: int = 2
+    prompt_key: str
+    shuffle: bool
+    seed: int
+    total_epochs: int
+    temperature: float
+    top_p: float
+    top_k: int
+    staleness_threshold: float
+    trigger_parameter_sync_step: int
+    partial_rollout: bool
+    max_concurrency: int
+    max_retries: int
     # Per attempt of one sample (rollout and reward function together); None: no deadline.
-    sample_timeout_s: float | None = None
-    rollout_fn: str | None = None
-    custom_reward_function: dict[str, Any] = field(default_factory=dict)
+    sample_timeout_s: float | None
+    rollout_fn: str | None
+    custom_reward_function: dict[str, Any]
     # How long a request waits for a server to come back when none is in rotation: a restart's length.
-    server_outage_timeout_s: float = 0.0
+    server_outage_timeout_s: float
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ExecutorSettings:
-        """Read a resolved run config (``OmegaConf.to_container(cfg, resolve=True)`` or a DictConfig)."""
+        """Read a run config (a DictConfig or a mapping; what it leaves out comes from the base YAML)."""
+        cfg = with_base_defaults(cfg)
         data, rollout = cfg["data"], cfg["actor_rollout_ref"]["rollout"]
         a = cfg["async_training"]
         files = data["train_files"]
@@ -82,22 +87,22 @@ class ExecutorSettings:
             max_prompt_length=int(data["max_prompt_length"]),
             max_response_length=int(data["max_response_length"]),
             required_samples=int(a["required_samples"]),
-            prompt_key=data.get("prompt_key") or "prompt",
-            shuffle=bool(data.get("shuffle", True)),
-            seed=int(data["seed"]) if data.get("seed") is not None else 1,
+            prompt_key=data.get("prompt_key") or "prompt",  # verl's data.prompt_key default
+            shuffle=bool(data["shuffle"]),
+            seed=int(data["seed"]),
             total_epochs=int(cfg["trainer"]["total_epochs"]),
-            temperature=float(rollout.get("temperature", 1.0)),
-            top_p=float(rollout.get("top_p", 1.0)),
-            top_k=int(rollout.get("top_k", -1)),
-            staleness_threshold=float(a.get("staleness_threshold", 0.0)),
-            trigger_parameter_sync_step=int(a.get("trigger_parameter_sync_step", 1)),
-            partial_rollout=bool(a.get("partial_rollout", True)),
-            max_concurrency=int(a.get("max_concurrency", 256)),
-            max_retries=int(a.get("max_retries", 2)),
-            sample_timeout_s=float(a["sample_timeout_s"]) if a.get("sample_timeout_s") else None,
-            rollout_fn=a.get("rollout_fn"),
+            temperature=float(rollout["temperature"]),
+            top_p=float(rollout["top_p"]),
+            top_k=int(rollout["top_k"]),
+            staleness_threshold=float(a["staleness_threshold"]),
+            trigger_parameter_sync_step=int(a["trigger_parameter_sync_step"]),
+            partial_rollout=bool(a["partial_rollout"]),
+            max_concurrency=int(a["max_concurrency"]),
+            max_retries=int(a["max_retries"]),
+            sample_timeout_s=float(a["sample_timeout_s"]) if a["sample_timeout_s"] else None,
+            rollout_fn=a["rollout_fn"],
             custom_reward_function=dict(reward),
-            server_outage_timeout_s=float((cfg.get("rollout_servers") or {}).get("startup_timeout_s", 0.0)),
+            server_outage_timeout_s=float(cfg["rollout_servers"]["startup_timeout_s"]),
         )
 
     @property
@@ -201,13 +206,10 @@ class RolloutExecutor:
         server_urls: list[str],
         queue: Any,
     ):
-        from omegaconf import DictConfig, OmegaConf
         from transformers import AutoTokenizer
 
         from rllm_fully_async.rollout.client import RolloutClient
 
-        if isinstance(config, DictConfig):
-            config = OmegaConf.to_container(config, resolve=True)
         s = config if isinstance(config, ExecutorSettings) else ExecutorSettings.from_config(config)
         if s.n < 1 or s.max_concurrency < 1 or s.max_retries < 0 or s.total_epochs < 1:
             raise ValueError(
@@ -627,7 +629,7 @@ class RolloutExecutor:
         c = self._counters
         c["samples_done"] += 1
         c["response_tokens"] += len(sample.response_ids)
-        span = sample.max_version - sample.min_version
+        span = sample.version_span
         c["version_span_sum"] += span
         c["version_span_max"] = max(c["version_span_max"], span)
         c["samples_spanning_versions"] += span > 0

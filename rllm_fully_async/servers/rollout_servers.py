@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SERVER_KINDS = ("sglang", "cpu")
-# actor_rollout_ref.rollout.name -> server kind
-ROLLOUT_NAME_TO_KIND = {"sglang": "sglang", "cpu_engine": "cpu"}
+from rllm_fully_async.config_schema import ROLLOUT_ENGINES, section_with_defaults
+
+SERVER_KINDS = tuple(ROLLOUT_ENGINES.values())
+# The rollout_servers defaults of config/fully_async_base.yaml, for specs built in code.
+_DEFAULTS = section_with_defaults("rollout_servers", None)
 CPU_ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 INITIAL_WEIGHT_VERSION = 0
 
@@ -71,12 +73,12 @@ class RolloutServerSpec:
     context_length: int | None = None
     trust_remote_code: bool = False
     num_threads: int | None = None
-    num_cpus_per_server: float = 1.0
+    num_cpus_per_server: float = _DEFAULTS["num_cpus_per_server"]
     host: str = "127.0.0.1"
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    startup_timeout_s: float = 600.0
-    max_restarts: int = 3
+    startup_timeout_s: float = _DEFAULTS["startup_timeout_s"]
+    max_restarts: int = _DEFAULTS["max_restarts"]
     log_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -432,7 +434,7 @@ class RolloutServers:
 class ExternalRolloutServers:
     """Servers started outside the run (``rollout_servers.urls``): waited for, never started or stopped."""
 
-    def __init__(self, urls: list[str], startup_timeout_s: float = 600.0) -> None:
+    def __init__(self, urls: list[str], startup_timeout_s: float = _DEFAULTS["startup_timeout_s"]) -> None:
         self._urls = [u.rstrip("/") for u in urls]
         self._timeout_s = startup_timeout_s
 
@@ -544,12 +546,13 @@ def spec_from_config(cfg: Any) -> RolloutServerSpec:
     ``rollout_servers.{num_servers, startup_timeout_s, extra_args, num_threads}``, plus, when present,
     ``rollout_servers.{num_cpus_per_server, max_restarts, log_dir, host, env}``.
     """
-    rollout, servers = cfg.actor_rollout_ref.rollout, cfg.rollout_servers
-    if rollout.name not in ROLLOUT_NAME_TO_KIND:
+    rollout = cfg.actor_rollout_ref.rollout
+    servers = section_with_defaults("rollout_servers", cfg.rollout_servers)
+    if rollout.name not in ROLLOUT_ENGINES:
         raise ValueError(
-            f"actor_rollout_ref.rollout.name={rollout.name!r} must be one of {tuple(ROLLOUT_NAME_TO_KIND)}"
+            f"actor_rollout_ref.rollout.name={rollout.name!r} must be one of {tuple(ROLLOUT_ENGINES)}"
         )
-    kind = ROLLOUT_NAME_TO_KIND[rollout.name]
+    kind = ROLLOUT_ENGINES[rollout.name]
     optional = {
         key: servers.get(key)
         for key in ("num_cpus_per_server", "max_restarts", "log_dir", "host", "env")
@@ -560,7 +563,7 @@ def spec_from_config(cfg: Any) -> RolloutServerSpec:
     return RolloutServerSpec(
         kind=kind,
         model_path=str(cfg.actor_rollout_ref.model.path),
-        num_servers=int(servers.num_servers),
+        num_servers=int(servers["num_servers"]),
         tp_size=int(rollout.get("tensor_model_parallel_size") or 1) if kind == "sglang" else 1,
         gpu_memory_utilization=float(rollout.get("gpu_memory_utilization") or 0.8),
         dtype=str(rollout.get("dtype") or "auto") if kind == "sglang" else "auto",
@@ -568,7 +571,7 @@ def spec_from_config(cfg: Any) -> RolloutServerSpec:
         trust_remote_code=bool(cfg.actor_rollout_ref.model.get("trust_remote_code", False)),
         num_threads=servers.get("num_threads"),
         extra_args=list(servers.get("extra_args") or []),
-        startup_timeout_s=float(servers.get("startup_timeout_s") or 600.0),
+        startup_timeout_s=float(servers["startup_timeout_s"]),
         **optional,
     )
 
@@ -623,7 +626,7 @@ def start_rollout_servers(cfg: Any) -> RolloutServers | ExternalRolloutServers:
     urls = cfg.rollout_servers.get("urls")
     if urls:
         servers: RolloutServers | ExternalRolloutServers = ExternalRolloutServers(
-            [str(u) for u in urls], float(cfg.rollout_servers.get("startup_timeout_s") or 600.0)
+            [str(u) for u in urls], float(cfg.rollout_servers.startup_timeout_s)
         )
     else:
         servers = RolloutServers(spec_from_config(cfg))

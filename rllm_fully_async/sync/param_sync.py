@@ -27,14 +27,12 @@ from typing import Any, Protocol, TypeVar
 import ray
 import torch
 
+from rllm_fully_async.config_schema import LOAD_FORMATS
 from rllm_fully_async.rollout.client import RolloutClient, RolloutClientError
 
 T = TypeVar("T")
 
 DEFAULT_GROUP_NAME = "rllm_fully_async_weights"
-# SGLang's load formats for /update_weights_from_distributed: None is one broadcast per tensor;
-# "flattened_bucket" one per bucket, the tensors' bytes back to back.
-LOAD_FORMATS = (None, "flattened_bucket")
 
 logger = logging.getLogger(__name__)
 

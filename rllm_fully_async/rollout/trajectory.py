@@ -82,7 +82,3 @@ class TrajectoryGroup:
     @property
     def max_version(self) -> int:
         return max(s.max_version for s in self.samples)
-
-    def staleness(self, trainer_version: int) -> int:
-        """Weight versions between the oldest token of this group and the trainer's current weights."""
-        return trainer_version - self.min_version

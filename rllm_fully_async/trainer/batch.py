@@ -16,6 +16,7 @@ import torch
 from verl import DataProto
 from verl.utils.model import compute_position_id_with_mask
 
+from rllm_fully_async.rollout.staleness import staleness
 from rllm_fully_async.rollout.trajectory import TrajectoryGroup
 
 
@@ -79,7 +80,7 @@ def build_batch(
             "data_source": np.array(
                 [g.datum.get("data_source", "unknown") for g, _ in samples], dtype=object
             ),
-            "staleness": np.array([trainer_version - s.min_version for _, s in samples], dtype=np.int64),
+            "staleness": np.array([staleness(trainer_version, s) for _, s in samples], dtype=np.int64),
             "num_aborts": np.array([s.num_aborts for _, s in samples], dtype=np.int64),
             "finish_reason": np.array([s.finish_reason for _, s in samples], dtype=object),
         },

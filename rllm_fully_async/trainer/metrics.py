@@ -15,35 +15,43 @@ from typing import Any
 import numpy as np
 from verl import DataProto
 
+from rllm_fully_async.rollout.staleness import staleness
+
 
 def async_metrics(groups: Sequence, batch: DataProto, trainer_version: int) -> dict[str, float]:
     """Staleness, version span and reward statistics of one training batch."""
     samples = [s for g in groups for s in g.samples]
-    staleness = np.array([trainer_version - s.min_version for s in samples], dtype=np.float64)
-    span = np.array([s.max_version - s.min_version for s in samples], dtype=np.float64)
+    stale = np.array([staleness(trainer_version, s) for s in samples], dtype=np.float64)
+    span = np.array([s.version_span for s in samples], dtype=np.float64)
     rewards = np.array([s.reward for s in samples], dtype=np.float64)
     aborts = np.array([s.num_aborts for s in samples], dtype=np.float64)
     metrics = {
         "reward/mean": float(rewards.mean()),
-        "async/staleness_mean": float(staleness.mean()),
-        "async/staleness_max": float(staleness.max()),
+        "async/staleness_mean": float(stale.mean()),
+        "async/staleness_max": float(stale.max()),
         "async/partial_rollout_span_mean": float(span.mean()),
         "async/partial_rollout_span_max": float(span.max()),
-        "async/partial_rollout_fraction": float((aborts > 0).mean()),
+        # aborted at least once (by a weight sync's pause) and resumed; whether that spanned two weight
+        # versions is rollout/partial_rollout_fraction
+        "async/aborted_fraction": float((aborts > 0).mean()),
         "async/batch_groups": len(groups),
         "async/batch_samples": len(samples),
         "async/batch_response_tokens": int(batch.batch["response_mask"].sum().item()),
     }
     for reason in ("stop", "length", "abort"):
         metrics[f"async/finish_reason/{reason}"] = sum(s.finish_reason == reason for s in samples)
-    for value, count in zip(*np.unique(staleness.astype(np.int64), return_counts=True), strict=True):
+    for value, count in zip(*np.unique(stale.astype(np.int64), return_counts=True), strict=True):
         metrics[f"async/staleness_hist/{int(value)}"] = int(count)
     return metrics
 
 
 @dataclass
 class RunSummary:
-    """What a user wants to see when the run ends: did it learn, how fast, where did time go."""
+    """What a user wants to see when the run ends: did it learn, how fast, where did time go.
+
+    ``samples`` and ``tokens`` count the whole run, resumed parts included; rates cover only the time since
+    this process started (``started``), so they count only what was trained since then.
+    """
 
     started: float = field(default_factory=time.time)
     rewards: list[tuple[int, float]] = field(default_factory=list)
@@ -54,6 +62,9 @@ class RunSummary:
     sync_seconds: list[float] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
+    # samples and tokens already counted when this process took over (a resume)
+    resumed_samples: int = 0
+    resumed_tokens: int = 0
 
     def add_step(self, step: int, metrics: dict[str, Any]) -> None:
         self.rewards.append((step, float(metrics["reward/mean"])))
@@ -75,16 +86,33 @@ class RunSummary:
             return float("nan"), float("nan")
         return float(np.mean(values[:window])), float(np.mean(values[-window:]))
 
+    @property
+    def staleness_mean(self) -> float:
+        return self.staleness_sum / self.samples if self.samples else 0.0
+
+    def rates(self) -> tuple[float, float, float]:
+        """``(samples/s, response tokens/s, wall seconds)`` of this process's part of the run."""
+        elapsed = time.time() - self.started
+        if elapsed <= 0:
+            return 0.0, 0.0, elapsed
+        return (
+            (self.samples - self.resumed_samples) / elapsed,
+            (self.tokens - self.resumed_tokens) / elapsed,
+            elapsed,
+        )
+
     def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("final", "counts")}
+        keep = ("rewards", "samples", "tokens", "staleness_max", "staleness_sum", "sync_seconds")
+        return {k: getattr(self, k) for k in keep}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the counters; wall time restarts, so rates after a resume cover the resumed part."""
-        self.__dict__.update({k: v for k, v in state.items() if k != "started"})
-        self.samples = self.tokens = 0
+        """Restore the run's counters; wall time restarts, so rates cover the resumed part only."""
+        for key in ("rewards", "samples", "tokens", "staleness_max", "staleness_sum", "sync_seconds"):
+            setattr(self, key, state[key])
+        self.resumed_samples, self.resumed_tokens = self.samples, self.tokens
 
     def render(self) -> str:
-        elapsed = time.time() - self.started
+        samples_per_s, tokens_per_s, elapsed = self.rates()
         first, last = self.reward_first_last()
         syncs = self.sync_seconds
         c = self.counts
@@ -95,11 +123,10 @@ class RunSummary:
             f"{c.get('filtered', 0)} {c.get('filtered_by_reason', {})} + queued {c.get('queued', 0)} "
             f"+ in flight {c.get('in_flight', 0)}",
             f"reward (mean of first/last 3 steps): {first:.3f} -> {last:.3f}",
-            f"samples/s: {self.samples / elapsed:.2f}   response tokens/s: {self.tokens / elapsed:.1f}   "
-            f"wall: {elapsed:.1f}s",
+            f"samples/s: {samples_per_s:.2f}   response tokens/s: {tokens_per_s:.1f}   wall: {elapsed:.1f}s",
             f"trainer idle ratio: {self.final.get('async/trainer_idle_ratio', float('nan')):.3f}   "
             f"rollout idle ratio: {self.final.get('rollout/idle_ratio', float('nan')):.3f}",
-            f"staleness mean/max: {self.staleness_sum / max(1, self.samples):.2f}/{self.staleness_max:.0f}   "
+            f"staleness mean/max: {self.staleness_mean:.2f}/{self.staleness_max:.0f}   "
             f"param syncs: {len(syncs)}, mean {np.mean(syncs) if syncs else 0.0:.3f}s",
         ]
         return "\n".join(lines)

@@ -119,6 +119,8 @@ def config(files, model_dir, data="data", epochs=1, n=4, max_response_length=8, 
             "partial_rollout": True,
             "max_concurrency": 6,
             "max_retries": 1,
+            # no per-sample deadline: the flaky prompt's retry must follow its failure without a task switch
+            "sample_timeout_s": None,
             "rollout_fn": None,
             **async_training,
         },

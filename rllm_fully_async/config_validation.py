@@ -7,10 +7,14 @@ arrives as a stack trace from deep inside verl.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
+import re
+from collections.abc import Sequence
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rllm_fully_async.config_schema import ASYNC_MODES, LOAD_FORMATS, ROLLOUT_ENGINES, STALENESS_POLICIES
 
@@ -159,6 +163,65 @@ def validate_async_training(cfg: DictConfig) -> None:
     )
 
 
+def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """``+key=value`` adds a key the config did not have, so a typo of an existing key
+    (``+trainer.total_epoch``) is silently ignored. Refuse an added key that nearly matches a sibling."""
+    for override in overrides:
+        if not override.startswith("+") or override.startswith("++"):
+            continue
+        key = override[1:].split("=", 1)[0]
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if not isinstance(parent, DictConfig):
+            continue
+        close = difflib.get_close_matches(leaf, [k for k in parent.keys() if k != leaf], n=1, cutoff=0.75)
+        if close:
+            near = f"{parent_key}.{close[0]}" if parent_key else close[0]
+            raise ConfigError(
+                f"{key}: unknown key, added with '+' ({override!r}); did you mean {near}? "
+                f"Set it without '+': {near}={override.split('=', 1)[1] if '=' in override else '...'}"
+            )
+
+
+def _check_actor_dataclass(cfg: DictConfig) -> None:
+    """verl turns the actor section into its dataclass inside the workers; an unknown key there (an added
+    ``+...optim.lrr``) would fail only after the servers and Ray started. Convert it here."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    try:
+        omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    except Exception as e:  # hydra's InstantiationException wraps the dataclass's TypeError / ValueError
+        text = str(e)
+        section = re.search(r"full_key: (\S+)", text)
+        section = section.group(1) if section else "actor_rollout_ref.actor"
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", text)
+        if unknown:
+            raise ConfigError(f"{section}.{unknown.group(1)}: unknown key of verl's {section} config") from e
+        raise ConfigError(f"{section}: {text.splitlines()[-1] if text else type(e).__name__}") from e
+
+
+def check_prompts_fit(cfg: DictConfig, tokenizer: Any) -> None:
+    """A dataset none of whose prompts fits ``data.max_prompt_length`` would filter every prompt and train
+    nothing; find that before anything starts (stops at the first prompt that fits)."""
+    from rllm_fully_async.rollout.executor import load_prompts
+    from rllm_fully_async.rollout.rollout_fn import chat_prompt_ids
+
+    files = cfg.data.train_files
+    prompt_key = cfg.data.get("prompt_key") or "prompt"
+    limit = int(cfg.data.max_prompt_length)
+    shortest = None
+    for prompt in load_prompts([files] if isinstance(files, str) else list(files), prompt_key):
+        length = len(chat_prompt_ids(tokenizer, prompt.datum[prompt_key]))
+        if length <= limit:
+            return
+        shortest = length if shortest is None else min(shortest, length)
+    raise ConfigError(
+        f"data.max_prompt_length={limit}: every prompt of data.train_files is longer (the shortest has "
+        f"{shortest} tokens with the chat template), so nothing would be trained; raise "
+        "data.max_prompt_length or shorten the prompts"
+    )
+
+
 def _check_path(path: str | None, key: str, what: str) -> None:
     if path is None:
         return
@@ -205,6 +268,19 @@ def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
             "actor_rollout_ref.rollout.name=cpu_engine, or point rollout_servers.urls at running servers"
         )
 
+    trainer = cfg.trainer
+    _require(
+        isinstance(trainer.total_epochs, int) and trainer.total_epochs >= 1,
+        "trainer.total_epochs",
+        f"must be an integer >= 1, got {trainer.total_epochs!r}",
+    )
+    _require(
+        trainer.get("total_training_steps") is None
+        or (isinstance(trainer.total_training_steps, int) and trainer.total_training_steps >= 1),
+        "trainer.total_training_steps",
+        f"must be null (all epochs) or an integer >= 1, got {trainer.get('total_training_steps')!r}",
+    )
+
     for key in ("train_files", "val_files"):
         files = cfg.data.get(key)
         if files is None:
@@ -237,6 +313,8 @@ def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
             "actor_rollout_ref.actor.strategy",
             "FSDP1 cannot shard on CPU (verl's sync_module_states check); use strategy=fsdp2",
         )
+    if strategy != "megatron":
+        _check_actor_dataclass(cfg)
     _require(
         actor.loss_agg_mode == "token-mean",
         "actor_rollout_ref.actor.loss_agg_mode",

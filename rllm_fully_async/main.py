@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rllm_fully_async.config_validation import (
     ConfigError,
+    check_added_keys,
+    check_prompts_fit,
     cuda_available,
     queue_bound,
     ray_node_resources,
@@ -110,6 +112,7 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
         start_rollout_servers,
     )
     from rllm_fully_async.sync.param_sync import ParamSync
+    from rllm_fully_async.trainer.checkpoint import check_writable
     from rllm_fully_async.trainer.fully_async_trainer import ExecutorGate, FullyAsyncTrainer
     from rllm_fully_async.trainer.off_policy import share_correction_with_loss
     from rllm_fully_async.trainer.validation import Validator
@@ -121,10 +124,12 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
     require_patched_verl()
     apply_mode(cfg)
     share_correction_with_loss(cfg)
+    check_writable(os.path.expanduser(cfg.trainer.default_local_dir))
+    tokenizer = AutoTokenizer.from_pretrained(cfg.actor_rollout_ref.model.path)
+    check_prompts_fit(cfg, tokenizer)
 
     init_ray(cfg)
     validate_cluster_fit(cfg, ray_node_resources())
-    tokenizer = AutoTokenizer.from_pretrained(cfg.actor_rollout_ref.model.path)
     servers = start_rollout_servers(cfg)
     param_sync = actor_wg = None
     actors: list = []
@@ -196,13 +201,20 @@ def _default_config_name(argv: list[str]) -> list[str]:
 
 @hydra.main(config_path=str(config_dir()), config_name=GPU_DEFAULT_CONFIG, version_base=None)
 def _hydra_entry(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     from rllm_fully_async.patches import VerlPatchError
+    from rllm_fully_async.trainer.checkpoint import CheckpointError
 
     try:
+        check_added_keys(cfg, HydraConfig.get().overrides.task)
         run(cfg)
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         sys.exit(2)
+    except CheckpointError as err:
+        print(f"checkpoint error: {err}", file=sys.stderr)
+        sys.exit(4)
     except VerlPatchError as err:
         print(f"verl is not ready for fully-async training: {err}", file=sys.stderr)
         sys.exit(3)

@@ -9,6 +9,7 @@ group so GRPO-style estimators normalise within the group.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,7 +59,9 @@ def build_batch(
     )
 
     scores = torch.zeros((len(samples), response_width), dtype=torch.float32)
-    for i, (_, sample) in enumerate(samples):
+    for i, (group, sample) in enumerate(samples):
+        if not math.isfinite(sample.reward):  # the executor filters these; one would poison the whole step
+            raise ValueError(f"sample of prompt uid={group.uid!r} has the non-finite reward {sample.reward}")
         if sample.response_ids:
             scores[i, len(sample.response_ids) - 1] = float(sample.reward)
 

@@ -13,7 +13,6 @@ given the current weights, between steps or while the trainer waits for data; th
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -21,24 +20,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from verl.trainer.ppo.core_algos import agg_loss
 from verl.trainer.ppo.metric_utils import compute_data_metrics
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer, apply_kl_penalty, compute_advantage
 from verl.trainer.ppo.utils import need_reference_policy
-from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from verl.utils.debug import marked_timer
 from verl.utils.metric import reduce_metrics
 
 from rllm_fully_async.servers.rollout_servers import RolloutServers
 from rllm_fully_async.sync.param_sync import ParamSync, ParamSyncError, SyncStats
+from rllm_fully_async.trainer import checkpoint
 from rllm_fully_async.trainer.batch import build_batch
 from rllm_fully_async.trainer.metrics import RunSummary, async_metrics
 
-STATE_FILE = "fully_async_state.pt"
-LEDGER_FILE = "ledger.json"
+STATE_FILE = checkpoint.STATE_FILE
+LEDGER_FILE = checkpoint.LEDGER_FILE
 # How often the trainer looks for dead rollout servers while it waits for a batch.
 SERVER_CHECK_INTERVAL_S = 5.0
 # After a failed weight sync, how long a server death may take to show: a dying server's connections
@@ -154,13 +152,13 @@ class FullyAsyncTrainer(RayPPOTrainer):
                 is_last = self.global_steps >= self.total_training_steps
                 if self.global_steps % self.async_cfg.trigger_parameter_sync_step == 0 or is_last:
                     metrics.update(self._sync_weights())
+                self.summary.add_step(self.global_steps, metrics)  # before the checkpoint, which holds it
                 if self._due(self.config.trainer.save_freq, is_last):
                     self._save_checkpoint()
                 if self.validate_fn is not None and self._due(self.config.trainer.test_freq, is_last):
                     metrics.update(self._validate_now())
                 metrics.update(self._pipeline_metrics(pipeline_refs))
                 metrics["async/servers_restarted"] = self.servers_restarted
-                self.summary.add_step(self.global_steps, metrics)
                 logger.log(data=metrics, step=self.global_steps)
                 progress.update(1)
         finally:
@@ -174,9 +172,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
     def _write_ledger(self, counts: dict[str, Any]) -> None:
         """The run's final accounting, for audits: counts plus how often each prompt was trained per epoch."""
         ledger = {"counts": counts, "trained_uids": ray.get(self.queue.trained_uids.remote())}
-        os.makedirs(self.config.trainer.default_local_dir, exist_ok=True)
-        with open(os.path.join(self.config.trainer.default_local_dir, LEDGER_FILE), "w") as f:
-            json.dump(ledger, f, indent=1, sort_keys=True)
+        checkpoint.write_json(os.path.join(self.config.trainer.default_local_dir, LEDGER_FILE), ledger)
 
     def _due(self, freq: int, is_last: bool) -> bool:
         return freq is not None and freq > 0 and (is_last or self.global_steps % freq == 0)
@@ -384,7 +380,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def _step_dir(self, step: int) -> str:
-        return os.path.join(self.config.trainer.default_local_dir, f"global_step_{step}")
+        return checkpoint.step_dir(self.config.trainer.default_local_dir, step)
 
     def _save_checkpoint(self) -> None:
         """Actor + optimizer, queue contents, in-flight prompts, dataloader position, counters, version.
@@ -393,11 +389,15 @@ class FullyAsyncTrainer(RayPPOTrainer):
         the in-flight prompts and the queue agree with each other.
         """
         step_dir = self._step_dir(self.global_steps)
-        self.actor_rollout_wg.save_checkpoint(
-            os.path.join(step_dir, "actor"),
-            None,
-            self.global_steps,
-            max_ckpt_to_keep=self.config.trainer.get("max_actor_ckpt_to_keep", None),
+        actor_dir = os.path.join(step_dir, "actor")
+        checkpoint.guarded(
+            lambda: self.actor_rollout_wg.save_checkpoint(
+                actor_dir,
+                None,
+                self.global_steps,
+                max_ckpt_to_keep=self.config.trainer.get("max_actor_ckpt_to_keep", None),
+            ),
+            actor_dir,
         )
         ray.get(self.executor.pause.remote())
         try:
@@ -410,32 +410,24 @@ class FullyAsyncTrainer(RayPPOTrainer):
             }
         finally:
             ray.get(self.executor.resume.remote(self.param_version))
-        tmp = os.path.join(step_dir, STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, os.path.join(step_dir, STATE_FILE))
-        tracker = os.path.join(self.config.trainer.default_local_dir, "latest_checkpointed_iteration.txt")
-        with open(tracker + ".tmp", "w") as f:
-            f.write(str(self.global_steps))
-        os.replace(tracker + ".tmp", tracker)
+        root = self.config.trainer.default_local_dir
+        checkpoint.save_state(root, self.global_steps, state)
+        checkpoint.write_tracker(root, self.global_steps)
 
     def _load_checkpoint(self) -> None:
-        """Resume actor, rollout state and version from the latest checkpoint (``trainer.resume_mode``)."""
+        """Resume actor, rollout state and version from the newest intact checkpoint
+        (``trainer.resume_mode``); :mod:`rllm_fully_async.trainer.checkpoint` says what is verified."""
         mode = self.config.trainer.resume_mode
         if mode == "disable":
             return
         if mode == "resume_path":
             step_dir = self.config.trainer.resume_from_path
+            state = checkpoint.load_state_at(step_dir)
         else:
-            step_dir = find_latest_ckpt_path(os.path.abspath(self.config.trainer.default_local_dir))
-            if step_dir is None:
+            found = checkpoint.find_resume_point(os.path.abspath(self.config.trainer.default_local_dir))
+            if found is None:
                 return
-        state_path = os.path.join(step_dir, STATE_FILE)
-        if not os.path.exists(state_path):
-            raise FileNotFoundError(
-                f"{state_path} is missing: {step_dir} is not a complete fully-async checkpoint "
-                "(set trainer.resume_mode=disable to start fresh)"
-            )
-        state = torch.load(state_path, weights_only=False)
+            step_dir, state = found
         self.actor_rollout_wg.load_checkpoint(os.path.join(step_dir, "actor"), del_local_after_load=False)
         self.global_steps = state["global_steps"]
         self.param_version = state["param_version"]

@@ -1,22 +1,32 @@
 # Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
-"""The Megatron path on CPU, as far as it goes without Megatron's CUDA forward.
+"""The Megatron path on CPU, as far as it goes without Megatron's CUDA model.
 
-megatron-core imports on CPU and its model-parallel state initialises on gloo, so this builds verl's
-real Megatron worker (up to ``init_model``, which builds CUDA models) and drives the patched
-``MegatronPPOActor``'s mini-batching and update bookkeeping. Skipped where megatron-core is not
-installed.
+megatron-core imports on CPU and its model-parallel state initialises on gloo. This builds verl's
+real Megatron worker (up to ``init_model``, which builds CUDA models), and runs the patched and the
+original ``MegatronPPOActor.update_policy`` with verl's real ``forward_backward_batch`` and loss
+function; the two CUDA-only pieces stand in: the toy Hugging Face model answers GPTModel's call, and a
+CPU loop keeps megatron-core's schedule contract. Skipped where megatron-core is not installed.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 import socket
 from types import ModuleType
 
 import pytest
 import torch
 import torch.distributed as dist
+from actor_reference import (
+    ENTROPY_COEFF,
+    KL_COEF,
+    KL_TYPE,
+    SKEWED_PROMPTS,
+    SKEWED_RESPONSES,
+    make_batch,
+    reference,
+    relative_error,
+)
 from verl import DataProto
 
 from rllm_fully_async import patches
@@ -119,98 +129,180 @@ def megatron_actor(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Module
     return modules
 
 
-class RecordingOptimizer:
-    """Counts the optimizer steps ``update_policy`` takes (Megatron's optimizer needs CUDA)."""
+class HFAsGPTModel(torch.nn.Module):
+    """The toy Hugging Face model behind Megatron ``GPTModel``'s call signature (GPTModel needs CUDA).
 
-    def __init__(self) -> None:
-        self.steps = 0
+    verl's bshd forward (``model_forward_gen``) removes the left padding, calls
+    ``model(input_ids=, position_ids=, attention_mask=)`` for logits and hands them to the actor's
+    logits processor (Megatron's vocab-parallel log-probs and entropy); this module answers that call.
+    """
+
+    def __init__(self, hf_model) -> None:
+        super().__init__()
+        self.hf_model = hf_model
+        self.pre_process = self.post_process = True
+        self.config = type("Config", (), {"sequence_parallel": False, "fp8": None})()
+
+    def forward(self, input_ids, position_ids, attention_mask):
+        return self.hf_model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask.long(),
+            use_cache=False,
+        ).logits
+
+    def zero_grad_buffer(self) -> None:  # Megatron DDP's name for zeroing the gradients
+        self.hf_model.zero_grad(set_to_none=True)
+
+
+def cpu_schedule(*, forward_step_func, data_iterator, model, num_microbatches, forward_only, **_):
+    """megatron-core's no-pipelining schedule without its CUDA bookkeeping (a CUDA token counter).
+
+    Its contract for a loss function returning (loss, metrics), from ``forward_step_calc_loss``:
+    loss *= context-parallel size (1 here), loss /= num_microbatches, then backward per micro-batch.
+    """
+    reduced = []
+    for _ in range(num_microbatches):
+        output, loss_func = forward_step_func(data_iterator, model[0])
+        loss, metrics = loss_func(output)
+        if not forward_only:
+            (loss / num_microbatches).backward()
+        reduced.append(metrics)
+    return reduced
+
+
+class RecordingOptimizer:
+    """Records the gradients of each step ``update_policy`` takes (Megatron's optimizer needs CUDA)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.grads: list[list[torch.Tensor]] = []
 
     def zero_grad(self) -> None:
-        pass
+        self.model.zero_grad(set_to_none=True)
 
     def step(self):
-        self.steps += 1
+        self.grads.append([p.grad.detach().clone() for p in self.model.parameters()])
         return True, 1.5, None
 
 
-def bare_actor(module: ModuleType, megatron_config, **actor_overrides):
-    """A MegatronPPOActor without a model: the parts of it that run on CPU."""
+def make_actor(module: ModuleType, megatron_config, model_dir, monkeypatch, **actor_overrides):
+    """A MegatronPPOActor on the toy model: verl's real forward_backward_batch and loss function."""
+    from megatron.core.transformer import TransformerConfig
     from omegaconf import OmegaConf
+    from transformers import AutoConfig, AutoModelForCausalLM
     from verl.utils.config import omega_conf_to_dataclass
 
-    actor = object.__new__(module.MegatronPPOActor)
-    actor_cfg = OmegaConf.merge(megatron_config.actor_rollout_ref.actor, actor_overrides)
-    actor.config = omega_conf_to_dataclass(actor_cfg)
-    actor.enable_routing_replay = False
-    actor.actor_module = []
-    actor.actor_optimizer = RecordingOptimizer()
-    return actor
-
-
-def batch_of(response_mask: torch.Tensor) -> DataProto:
-    n, width = response_mask.shape
-    ids = torch.randint(4, 300, (n, 3 + width))
-    return DataProto.from_dict(
-        tensors={
-            "responses": ids[:, 3:],
-            "input_ids": ids,
-            "attention_mask": torch.ones_like(ids),
-            "position_ids": torch.arange(3 + width).expand(n, -1).contiguous(),
-            "response_mask": response_mask,
-            "old_log_probs": torch.zeros(n, width),
-            "advantages": torch.zeros(n, width),
-        },
-        meta_info={"temperature": 1.0},
+    monkeypatch.setattr(torch.cpu, "empty_cache", lambda: None, raising=False)
+    monkeypatch.setattr(module, "get_forward_backward_func", lambda: cpu_schedule)
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        model_dir, torch_dtype=torch.float32, attn_implementation="sdpa"
     )
+    actor = object.__new__(module.MegatronPPOActor)  # its __init__ reads Megatron CUDA-model state
+    overrides = {"shuffle": False, "megatron": {"use_remove_padding": False}, **actor_overrides}
+    actor.config = omega_conf_to_dataclass(
+        OmegaConf.merge(megatron_config.actor_rollout_ref.actor, overrides)
+    )
+    actor.actor_module = [HFAsGPTModel(hf_model)]
+    actor.actor_optimizer = RecordingOptimizer(hf_model)
+    actor.hf_config = AutoConfig.from_pretrained(model_dir)
+    actor.tf_config = TransformerConfig(num_layers=2, hidden_size=64, num_attention_heads=4)
+    actor.enable_routing_replay = False
+    actor.use_fused_kernels = False
+    actor.mtp_config = None
+    return actor, hf_model
 
 
-def test_one_mini_batch_per_epoch(megatron_actor, megatron_config):
-    batch = batch_of(torch.ones(8, 5))
-    actor = bare_actor(megatron_actor["patched"], megatron_config, ppo_epochs=2, shuffle=False)
+def update(actor, batch: DataProto) -> dict:
+    return actor.update_policy(actor.make_minibatch_iterator(batch.select(deepcopy=True)))
+
+
+def test_one_mini_batch_per_epoch(megatron_actor, megatron_config, toy_model_dir, monkeypatch):
+    batch = make_batch([4] * 8, [3] * 8)
+    actor, _ = make_actor(
+        megatron_actor["patched"], megatron_config, toy_model_dir, monkeypatch, ppo_epochs=2
+    )
     assert [len(mb) for mb in actor.make_minibatch_iterator(batch)] == [8, 8]
 
-    original = bare_actor(megatron_actor["original"], megatron_config, ppo_epochs=2, shuffle=False)
-    assert [len(mb) for mb in original.make_minibatch_iterator(batch)] == [2] * 8
+    original, _ = make_actor(
+        megatron_actor["original"], megatron_config, toy_model_dir, monkeypatch, ppo_epochs=2
+    )
+    assert [len(mb) for mb in original.make_minibatch_iterator(batch)] == [2] * 8  # ppo_mini_batch_size 2
 
 
-def fake_last_stage(shares: list[dict]):
-    """The per-micro-batch outputs the last pipeline stage hands back: each loss term's micro-batch share."""
-
-    def forward_backward_batch(data, **kwargs):
-        return {"output": [[dict(share), None] for share in shares]}
-
-    return forward_backward_batch
-
-
-def test_update_counts_the_whole_batch_and_averages_metrics_over_epochs(
-    megatron_actor, megatron_config, monkeypatch
+def test_update_gradient_and_metrics_are_whole_batch_token_means(
+    megatron_actor, megatron_config, toy_model_dir, monkeypatch
 ):
-    monkeypatch.setattr(torch.cpu, "empty_cache", lambda: None, raising=False)
-    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
-    actor = bare_actor(megatron_actor["patched"], megatron_config, ppo_epochs=2, shuffle=False)
-    # Two micro-batches whose shares of the whole-batch token-means add up to pg 0.5, entropy 3.0, KL 0.2.
-    shares = [
-        {"actor/pg_loss": [0.2], "actor/entropy": [1.0], "actor/kl_loss": 0.05, "actor/pg_clipfrac": [0.1]},
-        {"actor/pg_loss": [0.3], "actor/entropy": [2.0], "actor/kl_loss": 0.15, "actor/pg_clipfrac": [0.3]},
-    ]
-    actor.forward_backward_batch = fake_last_stage(shares)
+    overrides = dict(
+        ppo_epochs=2,
+        use_dynamic_bsz=True,
+        ppo_max_token_len_per_gpu=70,  # two micro-batches: the 60-token response and the rest
+        ppo_mini_batch_size=8,
+        entropy_coeff=ENTROPY_COEFF,
+        use_kl_loss=True,
+        kl_loss_coef=KL_COEF,
+        kl_loss_type=KL_TYPE,
+    )
+    actor, hf_model = make_actor(
+        megatron_actor["patched"], megatron_config, toy_model_dir, monkeypatch, **overrides
+    )
+    batch = make_batch(SKEWED_PROMPTS, SKEWED_RESPONSES)
+    _, terms = reference(hf_model, batch)
+    batch.batch["old_log_probs"] = terms["log_prob"]  # ratio 1 in both epochs (no step moves weights)
+    ref_grads, ref_terms = reference(hf_model, batch, ENTROPY_COEFF, KL_COEF)
 
-    metrics = actor.update_policy(actor.make_minibatch_iterator(batch_of(mask)))
-    assert actor.actor_optimizer.steps == 2  # one per epoch
+    metrics = update(actor, batch)
+    grads = actor.actor_optimizer.grads
+    assert len(grads) == 2  # one step per epoch
+    assert all(relative_error(step, ref_grads) < 1e-4 for step in grads)
     info = actor.config.global_batch_info
-    assert (info["dp_size"], info["batch_num_tokens"], info["global_batch_size"]) == (1, 8, 3)
-    assert metrics["actor/pg_loss"] == pytest.approx(0.5)
-    assert metrics["actor/entropy"] == pytest.approx(3.0)
-    assert metrics["actor/kl_loss"] == pytest.approx(0.2)
-    assert metrics["actor/pg_clipfrac"] == [0.1, 0.3, 0.1, 0.3]  # per-micro-batch metrics stay lists
+    assert (info["dp_size"], info["batch_num_tokens"], info["global_batch_size"]) == (1, 74, 8)
+    assert metrics["actor/pg_loss"] == pytest.approx(ref_terms["pg"], rel=1e-4, abs=1e-6)
+    assert metrics["actor/entropy"] == pytest.approx(ref_terms["entropy"], rel=1e-4)
+    assert metrics["actor/kl_loss"] == pytest.approx(ref_terms["kl"], rel=1e-4)
+    assert len(metrics["actor/pg_clipfrac"]) == 4  # per-micro-batch metrics stay lists (2 epochs x 2)
     assert metrics["actor/grad_norm"] == [1.5, 1.5]
 
+    original, _ = make_actor(
+        megatron_actor["original"], megatron_config, toy_model_dir, monkeypatch, **overrides
+    )
+    update(original, batch)
+    # verl weighs each micro-batch's own token-mean equally
+    assert relative_error(original.actor_optimizer.grads[0], ref_grads) > 0.05
 
-def test_update_without_response_tokens_skips_the_step(megatron_actor, megatron_config, monkeypatch):
-    monkeypatch.setattr(torch.cpu, "empty_cache", lambda: None, raising=False)
-    actor = bare_actor(megatron_actor["patched"], megatron_config, ppo_epochs=2, shuffle=False)
-    actor.forward_backward_batch = fake_last_stage([{"actor/pg_loss": [math.nan]}])
 
-    metrics = actor.update_policy(actor.make_minibatch_iterator(batch_of(torch.zeros(4, 3))))
-    assert actor.actor_optimizer.steps == 0
+def test_micro_batch_without_response_tokens(megatron_actor, megatron_config, toy_model_dir, monkeypatch):
+    # Fixed micro-batches of 2: the first (samples 0 and 1) has no response token; rollout_log_probs present.
+    overrides = dict(ppo_micro_batch_size_per_gpu=2, ppo_mini_batch_size=8)
+    actor, hf_model = make_actor(
+        megatron_actor["patched"], megatron_config, toy_model_dir, monkeypatch, **overrides
+    )
+    batch = make_batch(SKEWED_PROMPTS, [4, 3, 5, 2, 6, 1, 3, 2], empty_mask_rows=(0, 1))
+    _, terms = reference(hf_model, batch)
+    batch.batch["old_log_probs"] = terms["log_prob"]
+    ref_grads, ref_terms = reference(hf_model, batch)
+
+    metrics = update(actor, batch)
+    assert relative_error(actor.actor_optimizer.grads[0], ref_grads) < 1e-4
+    assert metrics["actor/pg_loss"] == pytest.approx(ref_terms["pg"], rel=1e-4, abs=1e-6)
+    assert len(metrics["rollout_corr/kl"]) == 3  # only the three micro-batches with tokens
+
+    original, _ = make_actor(
+        megatron_actor["original"], megatron_config, toy_model_dir, monkeypatch, **overrides
+    )
+    with pytest.raises(Exception, match="at least one valid token"):
+        update(original, batch)
+
+
+def test_update_without_response_tokens_skips_the_step(
+    megatron_actor, megatron_config, toy_model_dir, monkeypatch
+):
+    actor, hf_model = make_actor(
+        megatron_actor["patched"], megatron_config, toy_model_dir, monkeypatch, ppo_epochs=2
+    )
+    batch = make_batch([4, 5, 6, 4], [3, 2, 4, 1], empty_mask_rows=(0, 1, 2, 3))
+
+    metrics = update(actor, batch)
+    assert actor.actor_optimizer.grads == []
     assert metrics == {"actor/pg_loss": 0.0, "actor/kl_loss": 0.0, "actor/grad_norm": [0.0]}
+    assert all(p.grad is None for p in hf_model.parameters())  # no forward or backward ran

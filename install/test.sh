@@ -8,7 +8,7 @@ bash install/cpu.sh
 .venv/bin/python -m ruff check .
 .venv/bin/python -m ruff format --check .
 status=0
-.venv/bin/python -m pytest -q || status=$?
+.venv/bin/python -m pytest -q --durations=25 || status=$?
 if [ "$status" -eq 5 ]; then
     echo "error: pytest collected no tests (exit 5); the test suite is missing or was deselected" >&2
     exit 1

@@ -600,7 +600,7 @@ def server_weight_dtype(cfg: Any) -> str | None:
     """
     rollout = cfg.actor_rollout_ref.rollout
     model_path = str(cfg.actor_rollout_ref.model.path)
-    if ROLLOUT_NAME_TO_KIND.get(rollout.name) == "cpu":
+    if ROLLOUT_ENGINES.get(rollout.name) == "cpu":
         return _checkpoint_dtype(model_path)
     dtype = str(rollout.get("dtype") or "auto").lower()
     if dtype != "auto":

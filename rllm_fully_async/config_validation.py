@@ -11,11 +11,19 @@ import difflib
 import importlib.util
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rllm_fully_async.cluster.placement import (
+    Node,
+    Placement,
+    PlacementError,
+    PlacementRequest,
+    check_fits,
+    trainer_requests,
+)
 from rllm_fully_async.config_schema import ASYNC_MODES, LOAD_FORMATS, ROLLOUT_ENGINES, STALENESS_POLICIES
 
 ASYNC_KEYS = {
@@ -48,6 +56,7 @@ ROLLOUT_SERVER_KEYS = {
     "log_dir",
     "host",
     "env",
+    "placement",
 }
 # Estimators computed from outcome rewards alone. GAE needs a critic and REMAX a greedy baseline rollout,
 # neither of which the fully-async trainer runs.
@@ -239,6 +248,11 @@ def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
     has_cuda = cuda_available() if has_cuda is None else has_cuda
     validate_async_training(cfg)
     _check_known_keys(cfg.rollout_servers, ROLLOUT_SERVER_KEYS, "rollout_servers")
+    for key, section in (("rollout_servers", cfg.rollout_servers), ("trainer", cfg.trainer)):
+        try:
+            Placement.from_config(section.get("placement"), f"{key}.placement")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     model_key = "actor_rollout_ref.model.path"
     model_path = cfg.actor_rollout_ref.model.path
@@ -392,56 +406,39 @@ def validate_batch_split(cfg: DictConfig) -> None:
         )
 
 
-def _fit(demand: dict[str, float], free: dict[str, float]) -> bool:
-    return all(free.get(k, 0.0) >= v for k, v in demand.items())
-
-
-def _take(demand: dict[str, float], free: dict[str, float]) -> None:
-    for k, v in demand.items():
-        free[k] = free.get(k, 0.0) - v
-
-
-def cluster_demand(cfg: DictConfig) -> list[tuple[str, dict[str, float], int]]:
-    """What the run reserves in Ray: ``(what, bundle, count)``, the ``count`` bundles sharing one node.
-
-    The trainer takes one placement group per node of ``n_gpus_per_node`` bundles (verl's STRICT_PACK),
-    each bundle one CPU plus one GPU on a GPU device; every rollout server the run starts takes one bundle
-    (``rollout_servers.num_cpus_per_server`` CPUs and, for SGLang, ``tensor_model_parallel_size`` GPUs).
+def cluster_demand(cfg: DictConfig) -> list[PlacementRequest]:
+    """What the run reserves in Ray: the trainer's placement groups (one per trainer node, see
+    :func:`~rllm_fully_async.cluster.placement.trainer_requests`) and, unless ``rollout_servers.urls`` names
+    servers started outside the run, the servers' group (a bundle of ``rollout_servers.num_cpus_per_server``
+    CPUs and, for SGLang, ``tensor_model_parallel_size`` GPUs per server), each shaped by its ``placement``.
     """
     from rllm_fully_async.servers.rollout_servers import spec_from_config
 
-    device = cfg.trainer.get("device", "cuda")
-    bundle = {"CPU": 1.0}
-    if device != "cpu":
-        bundle["GPU" if device == "cuda" else device.upper()] = 1.0
-    per_node = int(cfg.trainer.n_gpus_per_node)
-    demand = [("trainer", bundle, per_node) for _ in range(int(cfg.trainer.get("nnodes", 1)))]
+    demand = trainer_requests(cfg)
     if not cfg.rollout_servers.get("urls"):
-        spec = spec_from_config(cfg)
-        demand += [("rollout server", spec.bundle, 1) for _ in range(spec.num_servers)]
+        demand.append(spec_from_config(cfg).placement_request())
     return demand
 
 
-def validate_cluster_fit(cfg: DictConfig, nodes: list[dict[str, float]]) -> None:
-    """The trainer's and the servers' reservations must fit the Ray cluster's ``nodes`` (resources per node).
+def validate_cluster_fit(cfg: DictConfig, nodes: Sequence[Node | Mapping[str, float]]) -> None:
+    """The trainer's and the servers' reservations must fit the Ray cluster's ``nodes``.
 
-    Checked before anything starts: a placement group that cannot be placed waits forever in Ray, and a
-    trainer that finds no GPUs left fails only after the servers have loaded the model. Trainer groups are
-    placed first, largest first, each on one node; then the servers, one bundle each (first fit).
+    ``nodes``: :func:`~rllm_fully_async.cluster.placement.cluster_nodes`, or resources per node. Checked
+    before anything starts: a placement group that cannot be placed waits in Ray, and a trainer that finds
+    no GPUs left fails only after the servers have loaded the model.
     """
-    free = [dict(node) for node in nodes]
+    nodes = [
+        n if isinstance(n, Node) else Node(f"node{i}", f"node{i}", dict(n), {}) for i, n in enumerate(nodes)
+    ]
     demand = cluster_demand(cfg)
-    for what, bundle, count in sorted(demand, key=lambda d: (-d[2] * d[1].get("GPU", 0.0), -d[2])):
-        whole = {k: v * count for k, v in bundle.items()}
-        node = next((n for n in free if _fit(whole, n)), None)
-        if node is not None:
-            _take(whole, node)
-            continue
-        total = {}
-        for _, b, c in demand:
-            for k, v in b.items():
-                total[k] = total.get(k, 0.0) + v * c
-        have = {k: sum(n.get(k, 0.0) for n in nodes) for k in total}
+    try:
+        check_fits(nodes, demand)
+    except PlacementError as err:
+        total: dict[str, float] = {}
+        for request in demand:
+            for k, v in request.bundles[0].items():
+                total[k] = total.get(k, 0.0) + v * request.count
+        have = {k: sum(n.resources.get(k, 0.0) for n in nodes) for k in total}
         server_keys = (
             "rollout_servers.num_servers x actor_rollout_ref.rollout.tensor_model_parallel_size GPUs "
             "(+ rollout_servers.num_cpus_per_server CPUs each)"
@@ -449,23 +446,14 @@ def validate_cluster_fit(cfg: DictConfig, nodes: list[dict[str, float]]) -> None
             else "none (rollout_servers.urls: servers started outside the run)"
         )
         raise ConfigError(
-            f"trainer.n_gpus_per_node: the run does not fit the Ray cluster; a {what} reservation of "
-            f"{count} x {bundle} finds no node with room. The run needs {_fmt(total)} in all: trainer "
-            f"trainer.nnodes x trainer.n_gpus_per_node = {trainer_world_size(cfg)} workers, rollout "
-            f"servers {server_keys}; the cluster has {_fmt(have)} over {len(nodes)} node(s) "
-            f"(per node: {', '.join(_fmt(n) for n in nodes)}). Lower trainer.n_gpus_per_node or "
-            "rollout_servers.num_servers / tensor_model_parallel_size so that trainer GPUs + servers x "
-            "tensor-parallel size fit, or add nodes"
-        )
+            f"trainer.n_gpus_per_node: the run does not fit the Ray cluster. The run needs {_fmt(total)} in "
+            f"all: trainer.nnodes x trainer.n_gpus_per_node = {trainer_world_size(cfg)} training workers, "
+            f"rollout servers {server_keys}; the cluster has {_fmt(have)} over {len(nodes)} node(s). Lower "
+            "trainer.n_gpus_per_node or rollout_servers.num_servers / tensor_model_parallel_size so that "
+            "trainer GPUs + servers x tensor-parallel size fit, change trainer.placement / "
+            f"rollout_servers.placement, or add nodes. In detail: {err}"
+        ) from None
 
 
 def _fmt(resources: dict[str, float]) -> str:
-    keys = [k for k in ("GPU", "NPU", "CPU") if k in resources]
-    return "{" + ", ".join(f"{k}: {resources[k]:g}" for k in keys) + "}"
-
-
-def ray_node_resources() -> list[dict[str, float]]:
-    """Resources of each live node of the connected Ray cluster."""
-    import ray
-
-    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items())) + "}"

@@ -25,7 +25,6 @@ from rllm_fully_async.config_validation import (
     check_prompts_fit,
     cuda_available,
     queue_bound,
-    ray_node_resources,
     validate,
     validate_cluster_fit,
 )
@@ -83,17 +82,6 @@ def servers_tp_size(cfg: DictConfig) -> int:
     return int(rollout.tensor_model_parallel_size) if rollout.name == "sglang" else 1
 
 
-def init_ray(cfg: DictConfig) -> None:
-    if ray.is_initialized():
-        return
-    num_cpus = cfg.get("ray_kwargs", {}).get("ray_init", {}).get("num_cpus")
-    ray.init(
-        num_cpus=num_cpus or max(4, os.cpu_count() or 1),
-        include_dashboard=False,
-        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "NCCL_DEBUG": "WARN"}},
-    )
-
-
 def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> RunSummary:
     """Run one fully-async (or lock-step) training job described by ``cfg``.
 
@@ -103,6 +91,8 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
     from transformers import AutoTokenizer
     from verl.trainer.ppo.utils import need_reference_policy
 
+    from rllm_fully_async.cluster.connect import init_ray
+    from rllm_fully_async.cluster.placement import bundle_nodes, cluster_nodes
     from rllm_fully_async.message_queue import MessageQueue
     from rllm_fully_async.patches import require_patched_verl
     from rllm_fully_async.rollout.executor import RolloutExecutor
@@ -129,8 +119,11 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
     check_prompts_fit(cfg, tokenizer)
 
     init_ray(cfg)
-    validate_cluster_fit(cfg, ray_node_resources())
+    validate_cluster_fit(cfg, cluster_nodes())
     servers = start_rollout_servers(cfg)
+    if isinstance(servers, RolloutServers):
+        for i, (url, node) in enumerate(zip(servers.urls, servers.nodes(), strict=True)):
+            print(f"rollout server {i}: {url} on node {node['ip']} ({node['node_id']})", flush=True)
     param_sync = actor_wg = None
     actors: list = []
     try:
@@ -147,6 +140,10 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
         # One group holds actor and reference policy: on GPUs each group reserves its own devices.
         use_ref = need_reference_policy(cfg)
         actor_wg = create_actor_worker_group(cfg, role="actor_ref" if use_ref else "actor")
+        ips = {node.node_id: node.ip for node in cluster_nodes()}
+        ranks = [node_id for group in actor_wg.resource_pool.pgs for node_id in bundle_nodes(group)]
+        for rank, node_id in enumerate(ranks):
+            print(f"training worker {rank}: on node {ips.get(node_id, '?')} ({node_id})", flush=True)
         actor_wg.init_model()
         ref_wg = actor_wg if use_ref else None
 
@@ -203,13 +200,14 @@ def _default_config_name(argv: list[str]) -> list[str]:
 def _hydra_entry(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from rllm_fully_async.cluster.placement import PlacementError
     from rllm_fully_async.patches import VerlPatchError
     from rllm_fully_async.trainer.checkpoint import CheckpointError
 
     try:
         check_added_keys(cfg, HydraConfig.get().overrides.task)
         run(cfg)
-    except ConfigError as err:
+    except (ConfigError, PlacementError) as err:
         print(f"configuration error: {err}", file=sys.stderr)
         sys.exit(2)
     except CheckpointError as err:

@@ -60,10 +60,16 @@ def test_servers_given_by_url_reserve_nothing():
 
 
 def test_trainer_group_must_fit_on_one_node():
-    # 2 nodes x 4 GPUs hold 8 GPUs, but verl packs one node's trainer ranks onto one node.
+    # 2 nodes x 4 GPUs hold 8 GPUs, but a trainer node's ranks share one node (trainer.placement strict_pack).
     cfg = load("fully_async_ppo_trainer", "trainer.n_gpus_per_node=6", "rollout_servers.num_servers=2")
-    with pytest.raises(ConfigError, match="no node with room"):
+    with pytest.raises(ConfigError, match=r"strict_pack needs \{CPU: 6, GPU: 6\} on one node"):
         validate_cluster_fit(cfg, [{"CPU": 16.0, "GPU": 4.0}] * 2)
+    # Allowed to span nodes, the same trainer fits.
+    spread = load(
+        "fully_async_ppo_trainer", "trainer.n_gpus_per_node=6", "rollout_servers.num_servers=2",
+        "trainer.placement.strategy=pack",
+    )  # fmt: skip
+    validate_cluster_fit(spread, [{"CPU": 16.0, "GPU": 4.0}] * 2)
 
 
 def test_cpu_trainer_counts_cpus():
@@ -100,7 +106,8 @@ _REAL_RAY = textwrap.dedent(
     from hydra import compose, initialize_config_dir
     from ray.cluster_utils import Cluster
 
-    from rllm_fully_async.config_validation import ConfigError, ray_node_resources, validate_cluster_fit
+    from rllm_fully_async.cluster.placement import cluster_nodes
+    from rllm_fully_async.config_validation import ConfigError, validate_cluster_fit
     from rllm_fully_async.paths import config_dir
 
     def load(*overrides):
@@ -113,8 +120,8 @@ _REAL_RAY = textwrap.dedent(
             cluster.add_node(num_cpus=16, num_gpus=8)
         ray.init(address=cluster.address)
         cluster.wait_for_nodes()
-        nodes = ray_node_resources()
-        assert sorted(n["GPU"] for n in nodes) == [8.0, 8.0], nodes
+        nodes = cluster_nodes()
+        assert sorted(n.resources["GPU"] for n in nodes) == [8.0, 8.0], nodes
         validate_cluster_fit(load("trainer.nnodes=2", "trainer.n_gpus_per_node=1"), nodes)
         try:
             validate_cluster_fit(load("trainer.nnodes=2", "trainer.n_gpus_per_node=8"), nodes)

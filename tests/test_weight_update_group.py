@@ -10,8 +10,6 @@ import socket
 import pytest
 import torch
 
-from rllm_fully_async.sync.weight_update_group import tcp_init_method
-
 
 def _free_port() -> int:
     """A free port below the ephemeral range. A port the kernel handed out (bind to 0) can be handed out
@@ -85,12 +83,6 @@ def test_two_processes_broadcast_over_two_named_groups() -> None:
         assert tensor_b == [7.0] * 4
         # Destroying the weight-update groups leaves a default group alone.
         assert default_alive == (rank == rank_with_default_group)
-
-
-def test_tcp_init_method_brackets_ipv6() -> None:
-    assert tcp_init_method("127.0.0.1", 29500) == "tcp://127.0.0.1:29500"
-    assert tcp_init_method("::1", 29500) == "tcp://[::1]:29500"
-    assert tcp_init_method("trainer-0", 29500) == "tcp://trainer-0:29500"
 
 
 def test_bad_rank_is_rejected_before_any_rendezvous() -> None:

@@ -10,6 +10,7 @@ from omegaconf import open_dict
 from transformers import AutoModelForCausalLM
 from worker_helpers import actor_config, ppo_batch
 
+from rllm_fully_async.cluster.placement import PlacementError
 from rllm_fully_async.trainer.workers import (
     MegatronUnavailableError,
     apply_cpu_overrides,
@@ -83,8 +84,8 @@ def test_bad_role_strategy_and_size_fail_before_starting_anything(ray_local, toy
         config.actor_rollout_ref.actor.strategy = "deepspeed"
     with pytest.raises(ValueError, match="actor_rollout_ref.actor.strategy='deepspeed'"):
         create_actor_worker_group(config)
-    with pytest.raises(RuntimeError, match="cannot place 64 actor worker.*CPU needed 64"):
+    with pytest.raises(PlacementError, match=r"training workers: 64 x \{CPU: 1\}.*\{CPU: 64\} on one node"):
         create_actor_worker_group(actor_config(toy_model_dir), num_workers=64)
     if not ray.available_resources().get("GPU"):
-        with pytest.raises(RuntimeError, match="GPU needed 1, available 0.*trainer.device=cpu"):
+        with pytest.raises(PlacementError, match="no node has the resource 'GPU'.*trainer.n_gpus_per_node"):
             create_actor_worker_group(actor_config(toy_model_dir, "trainer.device=cuda"))

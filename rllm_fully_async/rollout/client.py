@@ -31,6 +31,8 @@ from typing import Any
 
 import aiohttp
 
+from rllm_fully_async.cluster.addresses import rendezvous_host
+
 logger = logging.getLogger(__name__)
 
 # SGLang's own default when a request does not set max_new_tokens; the client needs the total budget to
@@ -551,7 +553,7 @@ class RolloutClient:
             )
         payloads = [
             {
-                "master_address": master_address,
+                "master_address": rendezvous_host(master_address),
                 "master_port": int(master_port),
                 "rank_offset": 1 + i * self._tp_size,
                 "world_size": world_size,

@@ -2,8 +2,11 @@
 """Start, watch and stop the rollout servers of a run: SGLang on GPUs, the embedded CPU engine elsewhere.
 
 Each server is a child process owned by a small Ray actor (:class:`ServerHost`) in the run's own placement
-group, one bundle per server. An SGLang bundle holds ``tp_size`` GPUs, so a tensor-parallel group stays on
-one node and Ray hands the actor (and through ``CUDA_VISIBLE_DEVICES`` the server) exactly those GPUs.
+group, one bundle per server, placed as ``rollout_servers.placement`` says
+(:mod:`rllm_fully_async.cluster.placement`). A server listens on, and is reached at, the loopback when the
+cluster has one node and its node's IP otherwise, unless ``rollout_servers.host`` pins the address. An
+SGLang bundle holds ``tp_size`` GPUs, so a tensor-parallel group stays on one node and Ray hands the actor
+(and through ``CUDA_VISIBLE_DEVICES`` the server) exactly those GPUs.
 The actor writes the server's log, and the server dies with the actor (parent-death signal), so a crashed
 driver does not leave servers holding GPUs.
 
@@ -30,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rllm_fully_async.cluster.addresses import LOOPBACK, http_url, server_addresses, strip_brackets
+from rllm_fully_async.cluster.placement import Placement, PlacementRequest, cluster_nodes, reserve
 from rllm_fully_async.config_schema import ROLLOUT_ENGINES, section_with_defaults
 
 SERVER_KINDS = tuple(ROLLOUT_ENGINES.values())
@@ -57,7 +62,7 @@ _MANAGED_FLAGS = {
 
 
 class RolloutServerError(RuntimeError):
-    """A rollout server failed to start, died too often, or resources for it could not be reserved."""
+    """A rollout server failed to start or died too often."""
 
 
 @dataclass
@@ -74,16 +79,20 @@ class RolloutServerSpec:
     trust_remote_code: bool = False
     num_threads: int | None = None
     num_cpus_per_server: float = _DEFAULTS["num_cpus_per_server"]
-    host: str = "127.0.0.1"
+    host: str | None = _DEFAULTS["host"]
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: float = _DEFAULTS["startup_timeout_s"]
     max_restarts: int = _DEFAULTS["max_restarts"]
     log_dir: str | None = None
+    placement: Placement = field(
+        default_factory=lambda: Placement.from_config(None, "rollout_servers.placement")
+    )
 
     def __post_init__(self) -> None:
         self.extra_args = [str(a) for a in self.extra_args]
         self.env = {str(k): str(v) for k, v in self.env.items()}
+        self.host = None if self.host is None else strip_brackets(str(self.host))
         if self.kind not in SERVER_KINDS:
             raise ValueError(f"kind={self.kind!r} must be one of {SERVER_KINDS}")
         if not self.model_path:
@@ -114,21 +123,31 @@ class RolloutServerSpec:
                     f"extra_args sets {flag}, which the launcher manages; set {_MANAGED_FLAGS[flag]} instead"
                 )
 
+    def placement_request(self) -> PlacementRequest:
+        return PlacementRequest(
+            "rollout servers",
+            self.num_servers,
+            self.bundle,
+            self.placement,
+            fix="lower rollout_servers.num_servers / num_cpus_per_server (on GPUs also "
+            "rollout.tensor_model_parallel_size) or change rollout_servers.placement",
+        )
+
     @property
     def bundle(self) -> dict[str, float]:
-        """Ray resources reserved for one server."""
+        """Ray resources reserved for one server (custom resources of its placement come on top)."""
         gpus = {"GPU": float(self.tp_size)} if self.kind == "sglang" else {}
         return {"CPU": float(self.num_cpus_per_server), **gpus}
 
 
-def build_sglang_args(spec: RolloutServerSpec, port: int) -> list[str]:
+def build_sglang_args(spec: RolloutServerSpec, port: int, host: str = LOOPBACK) -> list[str]:
     """``python -m sglang.launch_server`` for one server of ``spec`` (flag names of SGLang 0.5.6).
 
     Weight updates need nothing extra (``/update_weights_from_distributed`` is always served);
     ``--enable-memory-saver`` stays off because rollout servers keep their GPUs for the whole run.
     """
     args = [sys.executable, "-m", "sglang.launch_server"]
-    args += ["--model-path", spec.model_path, "--host", spec.host, "--port", str(port)]
+    args += ["--model-path", spec.model_path, "--host", host, "--port", str(port)]
     args += ["--tp-size", str(spec.tp_size), "--mem-fraction-static", str(spec.gpu_memory_utilization)]
     args += ["--dtype", spec.dtype, "--weight-version", str(INITIAL_WEIGHT_VERSION), "--skip-server-warmup"]
     if spec.context_length:
@@ -138,10 +157,10 @@ def build_sglang_args(spec: RolloutServerSpec, port: int) -> list[str]:
     return args + spec.extra_args
 
 
-def build_cpu_engine_args(spec: RolloutServerSpec, port: int) -> list[str]:
-    """``python -m rllm_fully_async.cpu_engine`` for one server of ``spec``."""
+def build_cpu_engine_args(spec: RolloutServerSpec, port: int, host: str = LOOPBACK) -> list[str]:
+    """``python -m rllm_fully_async.cpu_engine`` for one server of ``spec``, listening on ``host``."""
     args = [sys.executable, "-m", "rllm_fully_async.cpu_engine"]
-    args += ["--model-path", spec.model_path, "--host", spec.host, "--port", str(port)]
+    args += ["--model-path", spec.model_path, "--host", host, "--port", str(port)]
     args += ["--dtype", spec.dtype, "--weight-version", str(INITIAL_WEIGHT_VERSION)]
     if spec.num_threads:
         args += ["--num-threads", str(spec.num_threads)]
@@ -150,8 +169,9 @@ def build_cpu_engine_args(spec: RolloutServerSpec, port: int) -> list[str]:
     return args + spec.extra_args
 
 
-def build_server_args(spec: RolloutServerSpec, port: int) -> list[str]:
-    return build_sglang_args(spec, port) if spec.kind == "sglang" else build_cpu_engine_args(spec, port)
+def build_server_args(spec: RolloutServerSpec, port: int, host: str = LOOPBACK) -> list[str]:
+    build = build_sglang_args if spec.kind == "sglang" else build_cpu_engine_args
+    return build(spec, port, host)
 
 
 def is_healthy(url: str, timeout_s: float = 5.0) -> bool:
@@ -182,9 +202,14 @@ def _die_with_parent() -> None:
 class ServerHost:
     """Owns one server process on the node (and GPUs) Ray placed this actor on."""
 
-    def __init__(self, spec: RolloutServerSpec, index: int, die_with_parent: bool = True) -> None:
+    def __init__(
+        self, spec: RolloutServerSpec, index: int, single_node: bool = True, die_with_parent: bool = True
+    ) -> None:
+        import ray
+
         self._spec = spec
         self._index = index
+        self._listen, self._reach = server_addresses(spec.host, ray.util.get_node_ip_address(), single_node)
         # The kernel's parent-death signal fires when the launching *thread* exits, so only a host whose
         # launches come from one long-lived thread (the Ray actor's) may use it.
         self._die_with_parent = die_with_parent
@@ -196,24 +221,25 @@ class ServerHost:
     def launch(self, port: int | None = None) -> str:
         """Start the server on ``port`` (None: a free one) and return its URL without waiting for health."""
         self.stop()
-        port = port or _free_port(self._spec.host)
+        port = port or _free_port(self._listen)
         with open(self._log_path, "ab") as log:
             log.write(f"\n=== launching on port {port} ===\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                build_server_args(self._spec, port),
+                build_server_args(self._spec, port, self._listen),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self._spec.env},
                 start_new_session=True,  # its own process group: stop() reaches SGLang's children too
                 preexec_fn=_die_with_parent if self._die_with_parent else None,
             )
-        address = self._spec.host
-        if address in ("0.0.0.0", "::"):
-            import ray
+        return http_url(self._reach, port)
 
-            address = ray.util.get_node_ip_address()
-        return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
+    def node(self) -> dict[str, str]:
+        """Where this server runs: Ray's ``node_id`` and the node's ``ip``."""
+        import ray
+
+        return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}
 
     def exit_code(self) -> int | None:
         """None while the server process runs."""
@@ -257,6 +283,7 @@ class RolloutServers:
         self._hosts: list[Any] = []
         self._restarts = [0] * spec.num_servers
         self._placement_group: Any = None
+        self._single_node = True
 
     @property
     def urls(self) -> list[str]:
@@ -273,7 +300,8 @@ class RolloutServers:
         timeout_s = timeout_s or self.spec.startup_timeout_s
         deadline = time.monotonic() + timeout_s
         try:
-            self._placement_group = self._reserve(deadline)
+            self._placement_group = reserve(self.spec.placement_request())
+            self._single_node = len(cluster_nodes()) == 1
             self._hosts = [self._new_host(i) for i in range(self.spec.num_servers)]
             self._urls = ray.get([h.launch.remote() for h in self._hosts], timeout=_remaining(deadline))
             self._wait_healthy(range(self.spec.num_servers), deadline, timeout_s, fresh_port=True)
@@ -281,6 +309,12 @@ class RolloutServers:
             self.stop()
             raise
         return self.urls
+
+    def nodes(self) -> list[dict[str, str]]:
+        """Where each server runs: ``{"node_id", "ip"}`` of its node."""
+        import ray
+
+        return ray.get([h.node.remote() for h in self._hosts], timeout=30)
 
     def pids(self) -> list[int | None]:
         """Process id of each server (on its node), None where the host actor is gone."""
@@ -349,23 +383,6 @@ class RolloutServers:
 
     # ------------------------------------------------------------------ internals
 
-    def _reserve(self, deadline: float) -> Any:
-        import ray
-        from ray.util.placement_group import placement_group
-
-        bundles = [self.spec.bundle for _ in range(self.spec.num_servers)]
-        group = placement_group(bundles, strategy="PACK")
-        try:
-            ray.get(group.ready(), timeout=min(_remaining(deadline), 120.0))
-        except ray.exceptions.GetTimeoutError:
-            ray.util.remove_placement_group(group)
-            raise RolloutServerError(
-                f"could not reserve {self.spec.num_servers} x {self.spec.bundle} for rollout servers; "
-                f"the Ray cluster has {ray.available_resources()} free. Lower num_servers / "
-                "num_cpus_per_server or add resources"
-            ) from None
-        return group
-
     def _new_host(self, index: int) -> Any:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -379,7 +396,7 @@ class RolloutServers:
                     self._placement_group, placement_group_bundle_index=index
                 ),
             )
-            .remote(self.spec, index)
+            .remote(self.spec, index, self._single_node)
         )
 
     def _death(self, index: int) -> str | None:
@@ -560,6 +577,7 @@ def spec_from_config(cfg: Any) -> RolloutServerSpec:
     }
     if isinstance(optional.get("env"), Mapping):
         optional["env"] = dict(optional["env"])
+    placement = Placement.from_config(servers["placement"], "rollout_servers.placement")
     return RolloutServerSpec(
         kind=kind,
         model_path=str(cfg.actor_rollout_ref.model.path),
@@ -572,6 +590,7 @@ def spec_from_config(cfg: Any) -> RolloutServerSpec:
         num_threads=servers.get("num_threads"),
         extra_args=list(servers.get("extra_args") or []),
         startup_timeout_s=float(servers["startup_timeout_s"]),
+        placement=placement,
         **optional,
     )
 

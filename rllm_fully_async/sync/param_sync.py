@@ -27,6 +27,8 @@ from typing import Any, Protocol, TypeVar
 import ray
 import torch
 
+from rllm_fully_async.cluster.addresses import LOOPBACK, is_loopback_url
+from rllm_fully_async.cluster.placement import cluster_nodes
 from rllm_fully_async.config_schema import LOAD_FORMATS
 from rllm_fully_async.rollout.client import RolloutClient, RolloutClientError
 
@@ -175,7 +177,8 @@ class ParamSync:
 
     ``actor_wg`` is a ``RayWorkerGroup`` of those workers; rank 0 is group rank 0 of the weight-update
     group, server ``i`` (``tp_size`` ranks each) takes ranks ``1 + i * tp_size`` onward.
-    ``master_address`` must reach worker rank 0's node from every server (loopback on one machine).
+    ``master_address`` is where the group meets, on worker rank 0's node; None: the loopback when the Ray
+    cluster has one node and every server listens on the loopback, else the IP Ray knows rank 0's node by.
     ``dtype`` (e.g. ``"bfloat16"``): the servers' dtype, to which each bucket is converted as it is sent (so
     fp32 master weights cross the wire as bf16 for a bf16 rollout); ``None`` keeps the trainer's dtype.
     ``max_buckets_in_flight``: buckets worker rank 0 may have sent and the servers not yet received.
@@ -195,7 +198,7 @@ class ParamSync:
         group_name: str = DEFAULT_GROUP_NAME,
         bucket_size_mb: float = 256,
         timeout_s: float = 600.0,
-        master_address: str = "127.0.0.1",
+        master_address: str | None = None,
         tp_size: int = 1,
         dtype: str | None = None,
         load_format: str | None = None,
@@ -240,12 +243,15 @@ class ParamSync:
         """Worker rank 0 and every server join the weight-update group (concurrently; they rendezvous)."""
         if self.metadata is not None:
             raise RuntimeError(f"weight-update group {self.group_name!r} is already initialised")
-        port = self._wait_workers(self.actor_wg.find_free_port(self.master_address), "find_free_port")[0]
+        # Loopback only when it reaches everything: one node, and no server elsewhere (rollout_servers.urls).
+        local = len(cluster_nodes()) == 1 and all(is_loopback_url(u) for u in self.server_urls)
+        endpoint = self.actor_wg.rendezvous_endpoint(self.master_address or (LOOPBACK if local else None))
+        address, port = self._wait_workers(endpoint, "rendezvous_endpoint")[0]
         worker_refs = self.actor_wg.init_weight_update_group(
-            self.master_address, port, self.world_size, self.group_name, self.backend, self.timeout_s
+            address, port, self.world_size, self.group_name, self.backend, self.timeout_s
         )
         server_call = self._client.init_weights_update_group(
-            self.master_address, port, self.world_size, self.group_name, self.backend
+            address, port, self.world_size, self.group_name, self.backend
         )
         self._run_with_workers("init_weights_update_group", server_call, worker_refs)
         metadata = self._wait_workers(self.actor_wg.get_weight_metadata(self.dtype), "get_weight_metadata")[0]

@@ -7,7 +7,8 @@ It is created exactly as SGLang's server creates its side in ``/init_weights_upd
 (``sglang.srt.utils.common.init_custom_process_group``, called by
 ``ModelRunner.init_weights_update_group`` with ``rank = rank_offset + tp_rank``):
 
-* rendezvous through ``tcp://master_address:master_port``; rank 0 (the trainer) hosts the TCP store;
+* rendezvous through ``tcp://master_address:master_port`` (an IPv6 literal bracketed or not); rank 0 (the
+  trainer) hosts the TCP store;
 * every key in that store is prefixed with ``group_name`` (``PrefixStore``), so several groups can
   share one store port and two groups with different names coexist in one process;
 * the group maps group rank ``i`` to global rank ``i`` so collectives take ``src`` in group ranks.
@@ -18,7 +19,6 @@ engine (``backend="gloo"``).
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import timedelta
 
 import torch
@@ -31,15 +31,7 @@ from torch.distributed.distributed_c10d import (
     rendezvous,
 )
 
-
-def tcp_init_method(master_address: str, master_port: int) -> str:
-    """``tcp://host:port``, with an IPv6 literal in brackets (as SGLang's ``NetworkAddress.to_tcp``)."""
-    try:
-        if isinstance(ipaddress.ip_address(master_address), ipaddress.IPv6Address):
-            return f"tcp://[{master_address}]:{master_port}"
-    except ValueError:
-        pass  # a host name, not an IP literal
-    return f"tcp://{master_address}:{master_port}"
+from rllm_fully_async.cluster.addresses import tcp_url
 
 
 def init_weight_update_group(
@@ -60,7 +52,7 @@ def init_weight_update_group(
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} must satisfy 0 <= rank < world_size={world_size}")
     timeout = timedelta(seconds=timeout_s)
-    init_method = tcp_init_method(master_address, int(master_port))
+    init_method = tcp_url(master_address, int(master_port))
     store, rank, world_size = next(rendezvous(init_method, rank, world_size, timeout=timeout))
     store.set_timeout(timeout)
     store = PrefixStore(group_name, store)

@@ -7,7 +7,7 @@ registered methods that :class:`rllm_fully_async.sync.param_sync.ParamSync` driv
 
 * ``get_weight_metadata`` - ``(name, dtype, shape)`` of every tensor in Hugging Face naming, the
   order in which the tensors will be broadcast;
-* ``find_free_port``, ``init_weight_update_group`` / ``destroy_weight_update_group`` - worker rank 0
+* ``rendezvous_endpoint``, ``init_weight_update_group`` / ``destroy_weight_update_group`` - worker rank 0
   hosts the servers' weight-update group as its rank 0 (``rllm_fully_async.sync.weight_update_group``);
 * ``broadcast_weights`` - every rank takes part in gathering full tensors, a bucket at a time so that
   memory stays bounded, and rank 0 broadcasts them in metadata order (one collective per tensor, or
@@ -37,9 +37,13 @@ import torch.distributed as dist
 from omegaconf import DictConfig, open_dict
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+from verl.single_controller.ray.base import sort_placement_group_by_node_ip
 from verl.utils.device import get_device_id, get_device_name
 from verl.workers import fsdp_workers
 
+from rllm_fully_async.cluster.addresses import is_ipv6, strip_brackets
+from rllm_fully_async.cluster.placement import PlacementRequest, reserve, trainer_requests
+from rllm_fully_async.patches import VerlPatchError, require_patched_verl
 from rllm_fully_async.sync.broadcast_window import BroadcastWindow
 from rllm_fully_async.sync.param_sync import split_into_buckets
 from rllm_fully_async.sync.weight_update_group import (
@@ -69,6 +73,16 @@ def _verl_role(role: str) -> str:
     if role not in VERL_ROLES:
         raise ValueError(f"role={role!r} is not a training-worker role; choose one of {sorted(VERL_ROLES)}")
     return VERL_ROLES[role]
+
+
+def require_patched_verl_on_this_node() -> None:
+    """The patch check, run where the worker runs: every node has its own verl, and one unpatched node would
+    train with verl's per-mini-batch steps while the others train with whole-batch ones."""
+    try:
+        require_patched_verl()
+    except VerlPatchError as err:
+        node = f"{ray.util.get_node_ip_address()} (node id {ray.get_runtime_context().get_node_id()})"
+        raise VerlPatchError(f"on node {node}: {err} (run it on that node)") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,15 +214,19 @@ class WeightSyncMixin:
         ]
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
-    def find_free_port(self, host: str) -> int | None:
-        """A free TCP port on rank 0's node for the weight-update rendezvous (other ranks: ``None``)."""
+    def rendezvous_endpoint(self, host: str | None = None) -> tuple[str, int] | None:
+        """``(address, free port)`` on rank 0's node for the weight-update rendezvous (other ranks: ``None``).
+
+        ``host`` None: the IP Ray knows this node by, which the servers on other nodes can reach.
+        """
         if self.rank != 0:
             return None
         import socket
 
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        host = strip_brackets(host or ray.util.get_node_ip_address())
+        with socket.socket(socket.AF_INET6 if is_ipv6(host) else socket.AF_INET) as sock:
             sock.bind((host, 0))
-            return sock.getsockname()[1]
+            return host, sock.getsockname()[1]
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
     def init_weight_update_group(
@@ -311,6 +329,7 @@ class FSDPActorRefWorker(WeightSyncMixin, fsdp_workers.ActorRolloutRefWorker):
     """
 
     def __init__(self, config: DictConfig, role: str = "actor", **kwargs):
+        require_patched_verl_on_this_node()
         verl_role = _verl_role(role)
         if get_device_name() == "cpu":
             apply_cpu_overrides(config)
@@ -411,6 +430,7 @@ def megatron_worker_class() -> type:
         """
 
         def __init__(self, config: DictConfig, role: str = "actor", **kwargs):
+            require_patched_verl_on_this_node()
             if not torch.cuda.is_available():
                 # Megatron's forward calls torch.cuda.current_device(): it cannot train on CPU.
                 raise _megatron_unavailable("torch.cuda.is_available() is False on this worker")
@@ -491,8 +511,10 @@ def create_actor_worker_group(
 
     ``trainer.device`` picks the device (``cpu``, or ``cuda`` / ``npu``). The resource pool is built
     here rather than by verl's ``ResourcePoolManager``, which always asks for GPUs: one process per
-    bundle (``max_colocate_count=1``), a bundle being one CPU, plus one GPU where there are GPUs.
-    Call ``init_model()`` on the returned group to build the models.
+    bundle (``max_colocate_count=1``), a bundle being one CPU, plus one GPU where there are GPUs, in one
+    placement group shaped by ``trainer.placement`` (:class:`PlacedResourcePool`). Returns once every
+    worker is constructed; a worker on a node whose verl is not patched raises ``VerlPatchError`` naming
+    that node. Call ``init_model()`` on the returned group to build the models.
     """
     _verl_role(role)
     device = config.trainer.get("device", "cuda")
@@ -501,29 +523,46 @@ def create_actor_worker_group(
         raise _megatron_unavailable("trainer.device=cpu")
     cls = worker_class(strategy)
 
-    nnodes = int(config.trainer.get("nnodes", 1))
-    if num_workers is None:
-        num_workers = nnodes * int(config.trainer.n_gpus_per_node)
-    if num_workers < 1 or num_workers % nnodes:
-        raise ValueError(f"num_workers={num_workers} must be a positive multiple of trainer.nnodes={nnodes}")
-    use_gpu = device != "cpu"
-    needed = {
-        "CPU": num_workers,
-        **({"GPU" if device == "cuda" else device.upper(): num_workers} if use_gpu else {}),
-    }
-    available = ray.available_resources()
-    short = {k: (v, available.get(k, 0)) for k, v in needed.items() if available.get(k, 0) < v}
-    if short:
-        # RayResourcePool waits for its placement group without a timeout: fail here instead.
-        raise RuntimeError(
-            f"the Ray cluster cannot place {num_workers} {role} worker(s) on trainer.device={device}: "
-            + ", ".join(f"{k} needed {need}, available {have}" for k, (need, have) in short.items())
-            + ". Lower the worker count (trainer.n_gpus_per_node / trainer.nnodes), add resources"
-            + (" (ray.init(num_cpus=...))." if not use_gpu else ", or set trainer.device=cpu.")
-        )
-    pool = RayResourcePool([num_workers // nnodes] * nnodes, use_gpu=use_gpu, max_colocate_count=1)
+    pool = PlacedResourcePool(trainer_requests(config, num_workers), use_gpu=device != "cpu")
     cls_with_init = RayClassWithInitArgs(cls=ray.remote(cls), config=config.actor_rollout_ref, role=role)
-    return RayWorkerGroup(resource_pool=pool, ray_cls_with_init=cls_with_init, device_name=device)
+    group = RayWorkerGroup(resource_pool=pool, ray_cls_with_init=cls_with_init, device_name=device)
+    try:
+        ray.get([worker.__ray_ready__.remote() for worker in group.workers])
+    except ray.exceptions.RayActorError as err:
+        shutdown_worker_group(group)
+        # A worker's own check failed (verl unpatched on its node): raise that error, not Ray's wrapper.
+        reason = next((line for line in str(err).splitlines() if "VerlPatchError:" in line), None)
+        if reason is not None:
+            raise VerlPatchError(reason.split("VerlPatchError:", 1)[1].strip()) from None
+        raise
+    return group
+
+
+class PlacedResourcePool(RayResourcePool):
+    """verl's resource pool with its placement groups shaped by ``trainer.placement``: one group per trainer
+    node as in verl (whose own pool makes each ``STRICT_PACK``, with no say in where), ordered by node IP as
+    verl orders them, so rank 0 (verl's ``MASTER_ADDR``, and the weight-update group's host) is bundle 0 of
+    the first group."""
+
+    def __init__(self, requests: list[PlacementRequest], use_gpu: bool) -> None:
+        super().__init__([r.count for r in requests], use_gpu=use_gpu, max_colocate_count=1)
+        self.requests = requests
+
+    def get_placement_groups(
+        self, strategy: str = "STRICT_PACK", name: str | None = None, device_name: str = "cuda"
+    ) -> list:
+        """verl asks for ``strategy``; the configured placement decides instead."""
+        if self.pgs is None:
+            groups = []
+            try:
+                for request in self.requests:
+                    groups.append(reserve(request))
+            except BaseException:
+                for group in groups:
+                    ray.util.remove_placement_group(group)
+                raise
+            self.pgs = sort_placement_group_by_node_ip(groups)
+        return self.pgs
 
 
 def shutdown_worker_group(worker_group: RayWorkerGroup) -> None:

@@ -243,6 +243,25 @@ def _looks_local(path: str) -> bool:
     return path.startswith(("/", ".", "~"))
 
 
+def _check_without_flash_attn(model: DictConfig) -> None:
+    """flash-attn is optional on GPUs (install/gpu-fsdp-sglang.sh with FLASH_ATTN=skip); without it the FSDP
+    workers build the model with SDPA attention, and verl's remove-padding path, which calls flash-attn's
+    varlen kernels, must be off."""
+    fix = "or install flash-attn (install/gpu-fsdp-sglang.sh with FLASH_ATTN=build)"
+    _require(
+        not model.get("use_remove_padding", False),
+        "actor_rollout_ref.model.use_remove_padding",
+        f"verl's remove-padding path needs flash-attn, which is not installed: set it to False (padded "
+        f"micro-batches with SDPA attention) {fix}",
+    )
+    attn = (model.get("override_config") or {}).get("attn_implementation", "sdpa")
+    _require(
+        not str(attn).startswith("flash_attention"),
+        "actor_rollout_ref.model.override_config.attn_implementation",
+        f"{attn!r} needs flash-attn, which is not installed: use sdpa (the default without flash-attn) {fix}",
+    )
+
+
 def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
     """Validate the whole run configuration; raises ``ConfigError`` on the first problem."""
     has_cuda = cuda_available() if has_cuda is None else has_cuda
@@ -329,6 +348,8 @@ def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
         )
     if strategy != "megatron":
         _check_actor_dataclass(cfg)
+    if has_cuda and strategy != "megatron" and not _importable("flash_attn"):
+        _check_without_flash_attn(cfg.actor_rollout_ref.model)
     _require(
         actor.loss_agg_mode == "token-mean",
         "actor_rollout_ref.actor.loss_agg_mode",

@@ -122,6 +122,19 @@ def _no_offload_on_cpu(pin_memory: bool = True) -> None:
     return None
 
 
+def default_to_sdpa(config: DictConfig) -> None:
+    """Where flash-attn is absent, build the model with PyTorch's SDPA attention unless the config names one.
+
+    verl's ``_build_model_optimizer`` defaults ``attn_implementation`` to ``"flash_attention_2"``; the GPU
+    install can leave flash-attn out (``FLASH_ATTN=skip``), and CPUs never have it.
+    """
+    with open_dict(config.model):
+        if config.model.get("override_config") is None:
+            config.model.override_config = {}
+        if "attn_implementation" not in config.model.override_config:
+            config.model.override_config.attn_implementation = "sdpa"
+
+
 def apply_cpu_overrides(config: DictConfig) -> None:
     """Let verl 0.7.1's FSDP worker run without an accelerator. Call only on CPU, before its ``__init__``.
 
@@ -157,11 +170,7 @@ def apply_cpu_overrides(config: DictConfig) -> None:
             timeout=datetime.timedelta(seconds=config.get("nccl_timeout", 600)),
             init_method=os.environ.get("DIST_INIT_METHOD", None),
         )
-    with open_dict(config.model):
-        if config.model.get("override_config") is None:
-            config.model.override_config = {}
-        if "attn_implementation" not in config.model.override_config:
-            config.model.override_config.attn_implementation = "sdpa"
+    default_to_sdpa(config)
     for name, fn in _cpu_device_module_additions().items():
         if not hasattr(torch.cpu, name):
             setattr(torch.cpu, name, fn)
@@ -333,6 +342,8 @@ class FSDPActorRefWorker(WeightSyncMixin, fsdp_workers.ActorRolloutRefWorker):
         verl_role = _verl_role(role)
         if get_device_name() == "cpu":
             apply_cpu_overrides(config)
+        elif importlib.util.find_spec("flash_attn") is None:
+            default_to_sdpa(config)
         register_policy_losses()  # this project's losses, in the process that builds the actor
         super().__init__(config, verl_role, **kwargs)
         self.role = role

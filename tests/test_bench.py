@@ -12,12 +12,17 @@ import urllib.request
 import numpy as np
 import pytest
 
-from rllm_fully_async.bench import run as bench
+from rllm_fully_async.bench.analysis import ideal_bounds
+from rllm_fully_async.bench.cli import parse_args
+from rllm_fully_async.bench.components import raw_gloo_broadcast_s
+from rllm_fully_async.bench.engine import Engine
+from rllm_fully_async.bench.placement import Placement
+from rllm_fully_async.bench.task import long_tail_lengths
 
 
 def test_lengths_are_long_tailed_clipped_and_reproducible():
-    lengths = bench.long_tail_lengths(4000, median=32, sigma=1.0, low=4, high=256, seed=3)
-    assert lengths == bench.long_tail_lengths(4000, median=32, sigma=1.0, low=4, high=256, seed=3)
+    lengths = long_tail_lengths(4000, median=32, sigma=1.0, low=4, high=256, seed=3)
+    assert lengths == long_tail_lengths(4000, median=32, sigma=1.0, low=4, high=256, seed=3)
     assert min(lengths) >= 4 and max(lengths) == 256
     assert 28 <= np.median(lengths) <= 36
     assert np.mean(lengths) > 1.3 * np.median(lengths)  # a heavy right tail pulls the mean up
@@ -33,7 +38,7 @@ def test_ideal_bounds_follow_the_overlap_model():
             "wait_s_per_step": 3.2, "samples_per_s": 9.0, "param_sync": {"total_s_mean": 0.2}}  # fmt: skip
     run = {"samples_per_step": 64, "tokens_per_sample": 50.0, "samples_per_s": 18.0, "train_s_per_step": 3.2,
            "trigger_parameter_sync_step": 4, "param_sync": {"total_s_mean": 0.4}, "cpu": cpu}  # fmt: skip
-    b = bench.ideal_bounds(gen, sync, run)
+    b = ideal_bounds(gen, sync, run)
     assert b["G"] == pytest.approx(40.0) and b["T"] == pytest.approx(64 / 3.3)
     assert b["ideal_async"] == pytest.approx(64 / 3.3)
     assert b["T_sync"] == pytest.approx(20.0)
@@ -47,12 +52,12 @@ def test_ideal_bounds_follow_the_overlap_model():
 
 def test_bad_sweep_name_is_refused():
     with pytest.raises(SystemExit):
-        bench.parse_args(["--sweeps", "staleness,nonsense"])
+        parse_args(["--sweeps", "staleness,nonsense"])
 
 
 def test_raw_gloo_broadcast_is_timed():
-    placement = bench.Placement.choose((), ())
-    assert 0 < bench.raw_gloo_broadcast_s(1 << 20, placement, repeats=2) < 30
+    placement = Placement.choose((), ())
+    assert 0 < raw_gloo_broadcast_s(1 << 20, placement, repeats=2) < 30
 
 
 def _smoke(out, *args: str) -> tuple[dict, str]:
@@ -69,7 +74,7 @@ def _smoke(out, *args: str) -> tuple[dict, str]:
 
 def test_engine_url_without_model_path_is_refused():
     with pytest.raises(SystemExit):
-        bench.parse_args(["--engine-url", "http://127.0.0.1:30000"])
+        parse_args(["--engine-url", "http://127.0.0.1:30000"])
 
 
 def test_smoke_run_writes_results_and_plots(tmp_path):
@@ -108,7 +113,7 @@ def test_smoke_run_against_a_running_server(tmp_path, toy_model_dir):
 def test_engine_starts_on_its_cores_and_leaves_the_caller_where_it_was(toy_model_dir):
     own = os.sched_getaffinity(0)
     cores = [min(own)]
-    engine = bench.Engine.start_on(cores, str(toy_model_dir))
+    engine = Engine.start_on(cores, str(toy_model_dir))
     try:
         assert os.sched_getaffinity(engine.pids[0]) == set(cores)
         assert os.sched_getaffinity(0) == own

@@ -540,6 +540,11 @@ class CpuEngineProcess:
             time.sleep(0.1)
         return self
 
+    @property
+    def pid(self) -> int | None:
+        """The engine's process id while it runs."""
+        return None if self._host is None else self._host.pid()
+
     def stop(self) -> None:
         if self._host is not None:
             self._host.stop()

@@ -57,6 +57,7 @@ ROLLOUT_SERVER_KEYS = {
     "host",
     "env",
     "placement",
+    "api_key",
 }
 # Estimators computed from outcome rewards alone. GAE needs a critic and REMAX a greedy baseline rollout,
 # neither of which the fully-async trainer runs.

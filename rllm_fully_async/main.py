@@ -158,6 +158,7 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
             max_buckets_in_flight=cfg.async_training.weight_sync_max_buckets_in_flight,
             timeout_s=cfg.async_training.param_sync_timeout_s,
             tp_size=servers_tp_size(cfg),
+            api_key=cfg.rollout_servers.get("api_key"),
         )
         param_sync.init_group()
         validator = (

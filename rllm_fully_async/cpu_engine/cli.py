@@ -40,6 +40,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--random-seed", type=int, default=None, help="seeds requests that carry no sampling_seed"
     )
     parser.add_argument("--weight-update-timeout-s", type=float, default=300.0)
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="as SGLang's: every endpoint but /health needs 'Authorization: Bearer <key>' (default: none)",
+    )
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     if args.max_batch_size < 1:

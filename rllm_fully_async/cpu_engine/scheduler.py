@@ -373,8 +373,8 @@ class BatchEngine:
     def load_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
         """Copy tensors into the model's parameters by name, all-or-nothing.
 
-        Every name and shape is checked before anything is copied, so a bad update leaves the old
-        weights intact. ``lm_head.weight`` of a model with tied embeddings is accepted and skipped.
+        Every name, shape and value (finite) is checked before anything is copied, so a bad update leaves
+        the old weights intact. ``lm_head.weight`` of a model with tied embeddings is accepted and skipped.
         """
         params = dict(self.model.named_parameters())
         params.update(dict(self.model.named_buffers()))
@@ -392,6 +392,8 @@ class BatchEngine:
                     f"shape mismatch for {name!r}: model has {tuple(params[name].shape)}, "
                     f"update has {tuple(tensor.shape)}"
                 )
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{name!r} holds non-finite values (NaN or inf); the update is refused")
             updates.append((params[name], tensor))
         for param, tensor in updates:
             param.copy_(tensor.to(param.dtype))
@@ -497,6 +499,12 @@ class Scheduler:
             await self._gate.wait_for(lambda: not self.paused and self._pending_updates == 0)
         loop = asyncio.get_running_loop()
         futures = []
+        rids = [req.rid for req in reqs]
+        if len(set(rids)) != len(rids):
+            repeated = sorted({rid for rid in rids if rids.count(rid) > 1})
+            raise ValueError(
+                f"rid(s) {repeated[:5]} appear more than once in the batch; use a unique rid per request"
+            )
         for req in reqs:
             if req.rid in self._in_flight:
                 raise ValueError(f"rid {req.rid!r} is already in flight; use a unique rid per request")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import random
@@ -54,7 +55,7 @@ from rllm_fully_async.cpu_engine.schemas import (
     UpdateWeightVersionReqInput,
     parse_sampling_params,
 )
-from rllm_fully_async.sync.tensor_payload import deserialize_named_tensors
+from rllm_fully_async.sync.tensor_payload import PayloadError, deserialize_named_tensors
 from rllm_fully_async.sync.weight_update_group import (
     broadcast_tensor,
     destroy_weight_update_group,
@@ -69,6 +70,36 @@ HEALTH_ENDPOINT_GENERATES = os.environ.get("SGLANG_ENABLE_HEALTH_ENDPOINT_GENERA
     "1",
     "true",
 )
+
+
+def check_group_layout(rank_offset: int, world_size: int) -> str | None:
+    """What is wrong with a weight-update group in which this server takes rank ``rank_offset``.
+
+    The sender of the weights is rank 0; a server that took rank 0 (alone, or with a client as rank 1)
+    would "receive" its own uninitialised memory as new weights, or push its weights to a stranger."""
+    if world_size < 2:
+        return f"world_size={world_size}: the group needs the trainer (rank 0) and this server"
+    if not 1 <= rank_offset < world_size:
+        return (
+            f"rank_offset={rank_offset}: this server's rank must be in [1, world_size={world_size}); rank 0 "
+            "is the trainer that sends the weights"
+        )
+    return None
+
+
+def add_api_key_middleware(app: FastAPI, api_key: str) -> None:
+    """SGLang 0.5.6's ``--api-key`` check (``sglang.srt.utils.common.add_api_key_middleware``): every path
+    but ``/health*`` and ``/metrics`` needs ``Authorization: Bearer <key>``, else 401."""
+    expected = ("Bearer " + api_key).encode()
+
+    @app.middleware("http")
+    async def authentication(request: Request, call_next):
+        if request.method == "OPTIONS" or request.url.path.startswith(("/health", "/metrics")):
+            return await call_next(request)
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return JSONResponse({"error": "Unauthorized"}, status_code=401)
+        return await call_next(request)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,6 +256,13 @@ class CpuEngineServer:
             raise ValueError(
                 f"input_ids contains token id(s) {bad[:5]} outside the vocabulary [0, {self.vocab_size})"
             )
+        stop_ids = params.get("stop_token_ids") if isinstance(params, dict) else None
+        bad = [t for t in stop_ids or [] if isinstance(t, int) and not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(
+                f"sampling_params['stop_token_ids'] contains id(s) {bad[:5]} outside the vocabulary "
+                f"[0, {self.vocab_size})"
+            )
         if len(prompt) >= self.context_len:
             raise ValueError(
                 f"The input ({len(prompt)} tokens) is longer than the model's context length "
@@ -358,6 +396,8 @@ class CpuEngineServer:
             await scheduler.stop()
 
         app = FastAPI(lifespan=lifespan)
+        if server.args.api_key:
+            add_api_key_middleware(app, server.args.api_key)
 
         @app.exception_handler(RequestValidationError)
         async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -506,6 +546,15 @@ class CpuEngineServer:
 
         @app.post("/init_weights_update_group")
         async def init_weights_update_group(obj: InitWeightsUpdateGroupReqInput):
+            problem = check_group_layout(obj.rank_offset, obj.world_size)
+            if problem is not None:
+                return result(False, f"Failed to initialize custom process group: {problem}")
+            if obj.group_name in server.weight_groups:
+                return result(
+                    False,
+                    f"Failed to initialize custom process group: group {obj.group_name!r} exists; destroy it "
+                    "first (/destroy_weights_update_group)",
+                )
             if not dist.is_backend_available(obj.backend):
                 return result(
                     False,
@@ -557,16 +606,20 @@ class CpuEngineServer:
 
         @app.post("/update_weights_from_tensor")
         async def update_weights_from_tensor(obj: UpdateWeightsFromTensorReqInput):
-            def load() -> None:
-                entry = obj.serialized_named_tensors[0]  # this engine is tensor-parallel rank 0 of 1
-                server.engine.load_weights(deserialize_named_tensors(entry, obj.load_format))
-
             if not obj.serialized_named_tensors:
                 return result(
                     False, "serialized_named_tensors is empty; send one entry per tensor-parallel rank"
                 )
+            # Parsed before anything else happens: a payload that is not safetensors changes nothing.
+            entry = obj.serialized_named_tensors[0]  # this engine is tensor-parallel rank 0 of 1
             try:
-                _, paused = await scheduler.run_weight_update(load, obj.abort_all_requests)
+                named = await asyncio.to_thread(deserialize_named_tensors, entry, obj.load_format)
+            except PayloadError as exc:
+                return result(False, f"Failed to update weights from tensor: {exc}")
+            try:
+                _, paused = await scheduler.run_weight_update(
+                    lambda: server.engine.load_weights(named), obj.abort_all_requests
+                )
             except Exception as exc:
                 return result(False, f"Failed to update weights from tensor: {exc}")
             return result(True, server._set_version_after_update(True, "Success", obj.weight_version, paused))

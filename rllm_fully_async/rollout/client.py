@@ -222,7 +222,10 @@ class RolloutClient:
         backoff_s: float = 0.5,
         health_check_interval_s: float = 5.0,
         outage_timeout_s: float = 0.0,
+        api_key: str | None = None,
     ) -> None:
+        """``api_key``: sent as ``Authorization: Bearer <key>`` on every request, for servers started with
+        SGLang's ``--api-key`` (the CPU engine takes the same flag)."""
         if not server_urls:
             raise ValueError("server_urls is empty: pass the URL of at least one rollout server")
         if max_attempts < 1:
@@ -245,6 +248,7 @@ class RolloutClient:
         self._backoff_s = backoff_s
         self._health_check_interval_s = health_check_interval_s
         self._outage_timeout_s = outage_timeout_s
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
         self._paused = False
         # The weight version the servers generate under, as far as this client knows: the newest version an
@@ -728,7 +732,7 @@ class RolloutClient:
             trace = aiohttp.TraceConfig()
             trace.on_request_chunk_sent.append(_on_body_sent)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), trace_configs=[trace]
+                connector=aiohttp.TCPConnector(limit=0), trace_configs=[trace], headers=self._headers
             )
         if self._health_task is None or self._health_task.done():
             self._health_task = asyncio.get_running_loop().create_task(self._health_loop())

@@ -69,6 +69,8 @@ class ExecutorSettings:
     custom_reward_function: dict[str, Any]
     # How long a request waits for a server to come back when none is in rotation: a restart's length.
     server_outage_timeout_s: float
+    # rollout_servers.api_key: sent to servers started with --api-key.
+    api_key: str | None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ExecutorSettings:
@@ -103,6 +105,7 @@ class ExecutorSettings:
             rollout_fn=a["rollout_fn"],
             custom_reward_function=dict(reward),
             server_outage_timeout_s=float(cfg["rollout_servers"]["startup_timeout_s"]),
+            api_key=cfg["rollout_servers"]["api_key"],
         )
 
     @property
@@ -223,7 +226,9 @@ class RolloutExecutor:
         self._tokenizer = AutoTokenizer.from_pretrained(s.tokenizer_path)
         self._rollout_fn = load_rollout_fn(s.rollout_fn)
         self._reward_fn = load_reward_fn(s.custom_reward_function)
-        self._client = RolloutClient(server_urls, outage_timeout_s=s.server_outage_timeout_s)
+        self._client = RolloutClient(
+            server_urls, outage_timeout_s=s.server_outage_timeout_s, api_key=s.api_key
+        )
         self._admission = AdmissionController(
             s.required_samples, s.staleness_threshold, s.trigger_parameter_sync_step
         )

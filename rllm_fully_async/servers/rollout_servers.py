@@ -58,6 +58,7 @@ _MANAGED_FLAGS = {
     "--weight-version": "(versions start at 0 and are set by the weight sync)",
     "--num-threads": "num_threads",
     "--trust-remote-code": "trust_remote_code",
+    "--api-key": "rollout_servers.api_key",
 }
 
 
@@ -88,6 +89,8 @@ class RolloutServerSpec:
     placement: Placement = field(
         default_factory=lambda: Placement.from_config(None, "rollout_servers.placement")
     )
+    # SGLang's --api-key: every endpoint but /health then needs "Authorization: Bearer <key>".
+    api_key: str | None = None
 
     def __post_init__(self) -> None:
         self.extra_args = [str(a) for a in self.extra_args]
@@ -154,6 +157,8 @@ def build_sglang_args(spec: RolloutServerSpec, port: int, host: str = LOOPBACK) 
         args += ["--context-length", str(spec.context_length)]
     if spec.trust_remote_code:
         args.append("--trust-remote-code")
+    if spec.api_key:
+        args += ["--api-key", spec.api_key]
     return args + spec.extra_args
 
 
@@ -166,6 +171,8 @@ def build_cpu_engine_args(spec: RolloutServerSpec, port: int, host: str = LOOPBA
         args += ["--num-threads", str(spec.num_threads)]
     if spec.context_length:
         args += ["--context-length", str(spec.context_length)]
+    if spec.api_key:
+        args += ["--api-key", spec.api_key]
     return args + spec.extra_args
 
 
@@ -504,6 +511,7 @@ class CpuEngineProcess:
         num_threads: int | None = None,
         extra_args: list[str] | None = None,
         env: dict | None = None,
+        api_key: str | None = None,
     ) -> None:
         self._port = port
         self._log_dir: tempfile.TemporaryDirectory | None = None
@@ -514,6 +522,7 @@ class CpuEngineProcess:
             host=host,
             num_threads=num_threads,
             extra_args=list(extra_args or []),
+            api_key=api_key,
             # Idle OpenMP threads must not spin: they would starve the HTTP event loop between steps.
             env={"OMP_WAIT_POLICY": "PASSIVE", **(env or {})},
         )
@@ -566,7 +575,7 @@ def spec_from_config(cfg: Any) -> RolloutServerSpec:
     Reads ``actor_rollout_ref.model.{path, trust_remote_code}``, ``actor_rollout_ref.rollout.{name
     (sglang | cpu_engine), tensor_model_parallel_size, gpu_memory_utilization, dtype, max_model_len}`` and
     ``rollout_servers.{num_servers, startup_timeout_s, extra_args, num_threads}``, plus, when present,
-    ``rollout_servers.{num_cpus_per_server, max_restarts, log_dir, host, env}``.
+    ``rollout_servers.{num_cpus_per_server, max_restarts, log_dir, host, env, api_key}``.
     """
     rollout = cfg.actor_rollout_ref.rollout
     servers = section_with_defaults("rollout_servers", cfg.rollout_servers)
@@ -577,7 +586,7 @@ def spec_from_config(cfg: Any) -> RolloutServerSpec:
     kind = ROLLOUT_ENGINES[rollout.name]
     optional = {
         key: servers.get(key)
-        for key in ("num_cpus_per_server", "max_restarts", "log_dir", "host", "env")
+        for key in ("num_cpus_per_server", "max_restarts", "log_dir", "host", "env", "api_key")
         if servers.get(key) is not None
     }
     if isinstance(optional.get("env"), Mapping):

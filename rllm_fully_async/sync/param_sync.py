@@ -203,6 +203,7 @@ class ParamSync:
         dtype: str | None = None,
         load_format: str | None = None,
         max_buckets_in_flight: int = 2,
+        api_key: str | None = None,
     ) -> None:
         if not server_urls:
             raise ValueError("server_urls is empty: ParamSync needs at least one rollout server")
@@ -235,7 +236,9 @@ class ParamSync:
         self._loop = EventLoopThread("param-sync")
         # The client's own HTTP timeout is a little longer, so the step timeout below fires first
         # and names the step.
-        self._client = RolloutClient(self.server_urls, tp_size=tp_size, control_timeout_s=timeout_s + 5.0)
+        self._client = RolloutClient(
+            self.server_urls, tp_size=tp_size, control_timeout_s=timeout_s + 5.0, api_key=api_key
+        )
 
     # ------------------------------------------------------------------ public API
 

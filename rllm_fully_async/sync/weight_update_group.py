@@ -8,7 +8,8 @@ It is created exactly as SGLang's server creates its side in ``/init_weights_upd
 ``ModelRunner.init_weights_update_group`` with ``rank = rank_offset + tp_rank``):
 
 * rendezvous through ``tcp://master_address:master_port`` (an IPv6 literal bracketed or not); rank 0 (the
-  trainer) hosts the TCP store;
+  trainer) hosts the TCP store, listening on ``master_address`` only (torch's own rendezvous would
+  listen on every interface);
 * every key in that store is prefixed with ``group_name`` (``PrefixStore``), so several groups can
   share one store port and two groups with different names coexist in one process;
 * the group maps group rank ``i`` to global rank ``i`` so collectives take ``src`` in group ranks.
@@ -19,6 +20,8 @@ engine (``backend="gloo"``).
 
 from __future__ import annotations
 
+import errno
+import socket
 from datetime import timedelta
 
 import torch
@@ -52,8 +55,11 @@ def init_weight_update_group(
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} must satisfy 0 <= rank < world_size={world_size}")
     timeout = timedelta(seconds=timeout_s)
-    init_method = tcp_url(master_address, int(master_port))
-    store, rank, world_size = next(rendezvous(init_method, rank, world_size, timeout=timeout))
+    if rank == 0:
+        store = _host_store(master_address, int(master_port), world_size, timeout)
+    else:
+        init_method = tcp_url(master_address, int(master_port))
+        store, rank, world_size = next(rendezvous(init_method, rank, world_size, timeout=timeout))
     store.set_timeout(timeout)
     store = PrefixStore(group_name, store)
     group, _ = _new_process_group_helper(
@@ -68,6 +74,38 @@ def init_weight_update_group(
     )
     _world.pg_group_ranks[group] = {i: i for i in range(world_size)}
     return group
+
+
+def _host_store(address: str, port: int, world_size: int, timeout: timedelta) -> dist.TCPStore:
+    """The rendezvous store of rank 0, on a socket bound to ``address`` alone: a store on every interface
+    would let any host that reaches this machine join or disturb the group.
+
+    Multi-tenant as torch's own ``tcp://`` rendezvous: a second group on the same port in this process
+    shares the server the first one started (the port is then in use, by it)."""
+    info = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+        sock.listen(max(128, world_size))
+    except OSError as e:
+        sock.close()
+        if e.errno != errno.EADDRINUSE:
+            raise
+        sock = None  # this process's store serves the port already (or the store below reports the clash)
+    store = dist.TCPStore(
+        address,
+        port,
+        world_size,
+        True,
+        timeout,
+        wait_for_workers=False,
+        multi_tenant=True,
+        master_listen_fd=sock.fileno() if sock is not None else None,
+    )
+    if sock is not None:
+        sock.detach()  # the store listens on this descriptor from now on: it must stay open
+    return store
 
 
 def broadcast_tensor(

@@ -55,6 +55,7 @@ class Validator:
         self.max_concurrency = settings.max_concurrency
         self.prompt_key = settings.prompt_key
         self.sample_timeout_s = settings.sample_timeout_s
+        self.api_key = settings.api_key
 
     def run(self, version: int) -> dict[str, float]:
         """Validate; returns verl-style ``val-core/<data_source>/reward/mean@n`` metrics."""
@@ -65,7 +66,7 @@ class Validator:
         errors: Counter = Counter()
         limit = asyncio.Semaphore(self.max_concurrency)
         rollout_name = function_name(self.rollout_fn)
-        async with RolloutClient(self.server_urls) as client:
+        async with RolloutClient(self.server_urls, api_key=self.api_key) as client:
 
             async def one(uid: str, datum: dict) -> None:
                 source = datum.get("data_source", "unknown")

@@ -4,6 +4,7 @@ costs that eat into it.
 
     python -m rllm_fully_async.bench [--out DIR] [--sweeps staleness,trigger,partial|none] [--no-components]
     python -m rllm_fully_async.bench --smoke    # every path at toy sizes, in about a minute
+    python -m rllm_fully_async.bench --learning [--smoke]   # time to a target reward (bench/learning.py)
 
 Everything runs for real on CPU: the embedded engine over HTTP, verl's FSDP worker, Ray actors, gloo.
 Generation and training get disjoint cores (``--gen-cores``, ``--train-cores``), which models separate

@@ -17,7 +17,7 @@ import threading
 import pytest
 import torch
 
-from rllm_fully_async.sync.broadcast_window import BroadcastWindow
+from rllm_fully_async.sync.broadcast_window import BroadcastStalledError, BroadcastWindow
 from rllm_fully_async.sync.weight_update_group import (
     broadcast_tensor,
     destroy_weight_update_group,
@@ -72,9 +72,11 @@ def test_sender_holds_at_most_max_buckets_until_the_receiver_takes_them(max_buck
         def send() -> None:
             try:
                 for k in range(BUCKETS):
+                    window.reserve()
                     tensor = torch.full((NUMEL,), float(k))
-                    window.push([broadcast_tensor(group, tensor, src=0, async_op=True)], [tensor])
+                    work = broadcast_tensor(group, tensor, src=0, async_op=True)
                     issued.append(k)
+                    window.push([work], [tensor])
                 all_issued.set()
                 window.drain()
             except BaseException as e:  # reported below
@@ -114,9 +116,10 @@ def test_a_receiver_that_never_receives_fails_the_wait_within_the_timeout() -> N
         group = init_weight_update_group("127.0.0.1", port, 0, 2, "window-test", timeout_s=60)
         assert receiver.stdout.readline().strip() == "joined"
         window = BroadcastWindow(1, timeout_s=2)
+        window.reserve()
         tensor = torch.zeros(NUMEL)
         window.push([broadcast_tensor(group, tensor, src=0, async_op=True)], [tensor])
-        with pytest.raises(RuntimeError):
+        with pytest.raises(BroadcastStalledError, match="within 2 s .async_training.param_sync_timeout_s"):
             window.drain()
     finally:
         receiver.kill()

@@ -262,6 +262,32 @@ def test_resume_on_abort_false_returns_the_partial_response(engines: list[CpuEng
     assert 0 < len(out.token_ids) < 300 and len(out.logprobs) == len(out.token_ids)
 
 
+def test_a_retracted_request_aborted_in_the_queue_keeps_its_tokens(engines: list[CpuEngineProcess]) -> None:
+    """SGLang 0.5.6 answers a request aborted in its waiting queue (here: retracted there by a
+    ``retract`` pause) with its tokens so far and no weight_version; the client keeps them, labelled with
+    the version before the pause, and continues from them."""
+    url = engines[0].url
+    prompt = [1, 50, 51, 52]
+
+    async def run() -> GenerationOutput:
+        async with RolloutClient([url], **FAST) as client:
+            task = asyncio.create_task(client.generate(prompt, {"max_new_tokens": 300, **GREEDY}))
+            await _wait_until_generating([url], min_tokens=8)
+            _post(f"{url}/pause_generation", {"mode": "retract"})  # the request goes back to the queue
+            await client.pause()  # abort mode: the queued request is answered without a version
+            await client.wait_idle()
+            await client.resume()
+            return await task
+
+    out = asyncio.run(run())
+    assert out.num_aborts == 1 and len(out.token_ids) == 300
+    assert [c.version for c in out.chunks] == [0]
+    direct = _post(
+        f"{url}/generate", {"input_ids": prompt, "sampling_params": {"max_new_tokens": 300, **GREEDY}}
+    )
+    assert out.token_ids == direct["output_ids"]  # nothing generated before the pause was lost or redone
+
+
 def test_response_parsing_of_sglang_shapes() -> None:
     assert parse_weight_version("default") == 0 and parse_weight_version("7") == 7
     with pytest.raises(ServerProtocolError, match="weight_version 'v2' is not an integer"):

@@ -344,6 +344,48 @@ def test_pause_abort_returns_everything_and_gates_new_requests(engine: str) -> N
     assert status == 200 and result["meta_info"]["finish_reason"] == {"type": "length", "length": 2}
 
 
+def test_health_is_503_while_starting_and_while_paused(toy_model_dir: Path, monkeypatch) -> None:
+    """SGLang's /health: 503 while ServerStatus is Starting; while paused its one-token probe waits at the
+    pause gate, so it answers 503 after SGLANG_HEALTH_CHECK_TIMEOUT."""
+    from fastapi.testclient import TestClient
+
+    from rllm_fully_async.cpu_engine import server as server_module
+    from rllm_fully_async.cpu_engine.cli import parse_args
+
+    monkeypatch.setattr(server_module, "HEALTH_CHECK_TIMEOUT_S", 1.0)
+    server = server_module.CpuEngineServer(
+        parse_args(["--model-path", str(toy_model_dir), "--num-threads", "1"])
+    )
+    with TestClient(server.app) as client:
+        assert client.get("/health").status_code == 503  # starting
+        server.starting = False
+        assert client.get("/health").status_code == 200
+        assert client.post("/pause_generation", json={"mode": "abort"}).status_code == 200
+        assert client.get("/health").status_code == 503
+        assert client.post("/continue_generation", json={}).status_code == 200
+        assert client.get("/health").status_code == 200
+
+
+def test_a_request_aborted_in_the_queue_is_answered_as_sglang_does(engine: str) -> None:
+    """SGLang's TokenizerManager._handle_abort_req: tokens and logprobs so far, completion_tokens, and no
+    weight_version (only outputs of the running batch carry one); /flush_cache works with only waiting
+    requests (Scheduler._is_no_request looks at the running batch)."""
+    body = {"input_ids": PROMPTS[2], "rid": "retracted", "sampling_params": LONG, "return_logprob": True}
+    request = Background(engine, "/generate", body)
+    wait_until(
+        lambda: counters(engine)["generated_tokens"] > 0 and get(engine, "/get_load")[0]["num_reqs"] == 1
+    )
+    assert post(engine, "/pause_generation", {"mode": "retract"})[0] == 200
+    assert post(engine, "/flush_cache", {})[0] == 200  # the retracted request waits; nothing runs
+    assert post(engine, "/abort_request", {"rid": "retracted"})[0] == 200
+    status, result = request.join()
+    assert post(engine, "/continue_generation", {})[0] == 200
+    meta = result["meta_info"]
+    assert status == 200 and meta["finish_reason"] == {"type": "abort", "message": "Abort in waiting queue"}
+    assert "weight_version" not in meta
+    assert 0 < meta["completion_tokens"] == len(result["output_ids"]) == len(meta["output_token_logprobs"])
+
+
 @pytest.mark.parametrize("mode", ["in_place", "retract"])
 def test_pause_keeping_requests_resumes_them_unchanged(engine: str, mode: str) -> None:
     body = {
@@ -500,9 +542,11 @@ def test_update_weights_from_distributed_over_gloo(weights_engine: str, tmp_path
                 "weight_version": "ignored",
             },
         )
+        flushes = counters(weights_engine)["cache_flushes"]
         for _, tensor in params:
             broadcast_tensor(group, tensor.clone(), src=0)
         status, answer = update.join()
+        assert counters(weights_engine)["cache_flushes"] == flushes + 1  # flush_cache defaults to true
         # Like SGLang 0.5.6, a weight_version passed while paused is not applied.
         assert status == 200 and answer == {
             "success": True,
@@ -550,3 +594,27 @@ def test_update_weights_from_disk_and_from_tensor(
     )
     assert status == 400 and "shape mismatch" in answer["message"]
     _assert_serves(weights_engine, original, "3")  # a rejected update leaves the weights alone
+
+
+def test_an_update_flushing_the_cache_while_requests_run_in_place_is_refused(
+    weights_engine: str, toy_model_dir: Path
+) -> None:
+    """SGLang 0.5.6 flushes after an update unless told not to, and asserts the flush worked: with requests
+    paused in place (still running) its scheduler dies. The engine refuses; flush_cache=false works."""
+    original = AutoModelForCausalLM.from_pretrained(toy_model_dir).eval()
+    payload = {"serialized_named_tensors": [serialize_named_tensors(list(original.state_dict().items()))]}
+    request = Background(weights_engine, "/generate", {"input_ids": PROMPTS[1], "sampling_params": LONG})
+    wait_until(lambda: get(weights_engine, "/get_load")[0]["num_reqs"] == 1, what="the request to run")
+    assert post(weights_engine, "/pause_generation", {"mode": "in_place"})[0] == 200
+    try:
+        assert post(weights_engine, "/flush_cache", {})[0] == 400
+        status, answer = post(weights_engine, "/update_weights_from_tensor", payload)
+        assert status == 400 and "Cache flush failed after updating weights" in answer["message"]
+        status, answer = post(
+            weights_engine, "/update_weights_from_tensor", {**payload, "flush_cache": False}
+        )
+        assert status == 200 and answer["success"] is True
+    finally:
+        assert post(weights_engine, "/continue_generation", {})[0] == 200
+    status, result = request.join()
+    assert status == 200 and result["meta_info"]["finish_reason"]["type"] in ("length", "stop")

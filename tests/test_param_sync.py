@@ -57,6 +57,11 @@ def _server_greedy(gate: ClientGate, prompt: list[int]):
     return gate.submit(gate.client.generate(prompt, params)).result(timeout=60)
 
 
+def _cache_flushes(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/get_server_info", timeout=10) as response:
+        return json.loads(response.read())["internal_states"][0]["cache_flushes"]
+
+
 def _weight_version(url: str) -> str:
     with urllib.request.urlopen(f"{url}/get_weight_version", timeout=10) as response:
         return json.loads(response.read())["weight_version"]
@@ -188,7 +193,8 @@ def test_a_frozen_server_times_out_naming_the_step(actor_wg, engine, toy_model_d
 
 
 def test_sync_sends_the_servers_dtype_with_bounded_buckets_in_flight(actor_wg, engine):
-    """fp32 master weights go to a bf16 rollout as bf16 bytes; rank 0 keeps at most 1 bucket in flight."""
+    """fp32 master weights go to a bf16 rollout as bf16 bytes; rank 0 keeps at most 1 bucket in flight; the
+    servers flush their cache once per sync, not once per bucket."""
     version = parse_weight_version(_weight_version(engine.url)) + 1
     gate = ClientGate([engine.url])
     sync = ParamSync(
@@ -205,7 +211,11 @@ def test_sync_sends_the_servers_dtype_with_bounded_buckets_in_flight(actor_wg, e
     try:
         sync.init_group()
         assert {dtype for _name, dtype, _shape in sync.metadata} == {"bfloat16"}
+        flushes = _cache_flushes(engine.url)
         stats = sync.sync(version)
+        assert (
+            _cache_flushes(engine.url) == flushes + 1
+        )  # buckets say flush_cache=false; one flush at the end
         numel = sum(torch.Size(shape).numel() for _name, _dtype, shape in sync.metadata)
         assert stats.bytes == 2 * numel  # 2 bytes per weight on the wire, not fp32's 4
         assert len(sync.buckets) > 5 and stats.broadcasts == len(sync.buckets)

@@ -74,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         while not uvicorn_server.started and not serving.done():
             await asyncio.sleep(0.01)
         if uvicorn_server.started:
+            server.starting = False
             host = f"[{args.host}]" if ":" in args.host else args.host
             print(f"CPU engine serving on http://{host}:{server.port}", flush=True)
         await serving

@@ -84,6 +84,9 @@ class GenerationRequest:
     weight_version: str = ""  # the engine's version when the request finished, as SGLang reports it
     finished_time: float = 0.0
     retractions: int = 0
+    # Aborted while waiting (never started, or retracted): SGLang answers it from the tokenizer manager's
+    # _handle_abort_req, whose meta_info has no weight_version.
+    aborted_in_queue: bool = False
     generator: torch.Generator | None = None
     stop_str_max_tokens: int = 0
 
@@ -117,6 +120,7 @@ class EngineCounters:
     max_running_batch: int = 0
     finished_requests: int = 0
     aborted_requests: int = 0
+    cache_flushes: int = 0
 
 
 class BatchEngine:
@@ -457,8 +461,8 @@ class Scheduler:
     Mirrors SGLang 0.5.6's tokenizer manager + scheduler semantics:
     * a new request waits at the gate while generation is paused or a weight update is pending;
     * ``abort`` matches ``rid`` as a prefix (if that exact rid is in flight) or aborts everything;
-      a request not yet prefilled returns with "Abort in waiting queue", a running one with its
-      tokens so far and "Aborted";
+      a waiting request (not yet prefilled, or retracted) returns with "Abort in waiting queue", its
+      tokens so far and no weight version; a running one with its tokens so far and "Aborted";
     * ``pause("abort")`` aborts everything in flight and returns once all of it has returned;
       ``pause("in_place")`` freezes the running batch; ``pause("retract")`` also drops its KV cache,
       to be recomputed after ``resume``;
@@ -523,17 +527,24 @@ class Scheduler:
         for req, _ in list(self._in_flight.values()):
             if not (abort_all or req.rid.startswith(rid)):
                 continue
-            if req in self._waiting and not req.output_ids:
+            if req in self._waiting:  # not started, or retracted (tokens but no KV cache)
                 self._waiting.remove(req)
                 req.finish_reason = {"type": "abort", "message": "Abort in waiting queue"}
-                self._resolve(req)
-            elif req in self._waiting:  # retracted: it has tokens but no KV cache
-                self._waiting.remove(req)
-                req.finish_reason = finish_abort()
+                req.aborted_in_queue = True
                 self._resolve(req)
             else:
                 self._to_abort.add(req.rid)
         self._wake.set()
+
+    def flush_cache(self) -> bool:
+        """SGLang's ``Scheduler.flush_cache``: only while nothing runs (waiting requests do not count).
+
+        This engine keeps no prefix cache, so a flush is counted and changes nothing else.
+        """
+        if self.engine.num_running:
+            return False
+        self.engine.counters.cache_flushes += 1
+        return True
 
     @property
     def num_in_flight(self) -> int:

@@ -141,6 +141,8 @@ class CpuEngineServer:
         self.weight_groups: dict[str, dist.ProcessGroup] = {}
         self._seed_rng = random.Random(args.random_seed)
         self.port = args.port  # the bound port once main() has bound the socket
+        # SGLang's ServerStatus.Starting: /health answers 503 until the HTTP server is up (cli.main clears).
+        self.starting = True
         self.app = self._build_app()
 
     @staticmethod
@@ -284,14 +286,19 @@ class CpuEngineServer:
             )
 
     def format_output(self, req: GenerationRequest) -> dict[str, Any]:
-        """One SGLang /generate result: ``text``, ``output_ids`` and ``meta_info``."""
-        meta: dict[str, Any] = {
-            "id": req.rid,
-            "finish_reason": req.finish_reason,
-            "prompt_tokens": len(req.input_ids),
-            "weight_version": req.weight_version,
-            "total_retractions": req.retractions,
-        }
+        """One SGLang /generate result: ``text``, ``output_ids`` and ``meta_info``.
+
+        As SGLang 0.5.6: a request aborted while waiting is answered as by
+        ``TokenizerManager._handle_abort_req`` (id, finish_reason, logprobs so far, completion_tokens; no
+        weight_version); any other as by ``_handle_batch_output``.
+        """
+        meta: dict[str, Any] = {"id": req.rid, "finish_reason": req.finish_reason}
+        if not req.aborted_in_queue:
+            meta |= {
+                "prompt_tokens": len(req.input_ids),
+                "weight_version": req.weight_version,
+                "total_retractions": req.retractions,
+            }
         if req.return_logprob:
             with_text = req.return_text_in_logprobs
             meta["input_token_logprobs"] = self._logprob_triples(
@@ -310,8 +317,9 @@ class CpuEngineServer:
                     for top in req.output_top_logprobs
                 ]
         meta["completion_tokens"] = len(req.output_ids)
-        meta["cached_tokens"] = 0
-        meta["e2e_latency"] = req.finished_time - req.created_time
+        if not req.aborted_in_queue:
+            meta["cached_tokens"] = 0
+            meta["e2e_latency"] = req.finished_time - req.created_time
         return {"text": self._output_text(req), "output_ids": list(req.output_ids), "meta_info": meta}
 
     def _logprob_triples(self, logprobs: Sequence, token_ids: Sequence[int], with_text: bool) -> list[list]:
@@ -374,6 +382,19 @@ class CpuEngineServer:
             return f"unsupported load_format {obj.load_format!r}; use null or 'flattened_bucket'"
         return None
 
+    def _flush_after_update(self, flush_cache: bool) -> str | None:
+        """``flush_cache`` (default true) after a weight update, as SGLang's scheduler does; why it failed.
+
+        SGLang 0.5.6 asserts the flush succeeded, so with requests running (a pause in ``in_place`` mode) its
+        scheduler process dies; this engine refuses the request instead, naming the cause.
+        """
+        if not flush_cache or self.scheduler.flush_cache():
+            return None
+        return (
+            "Cache flush failed after updating weights: requests are running (SGLang 0.5.6 fails an "
+            "assertion here and its scheduler dies). Send flush_cache=false while paused in place."
+        )
+
     def _set_version_after_update(
         self, success: bool, message: str, weight_version: str | None, paused: bool
     ) -> str:
@@ -423,7 +444,10 @@ class CpuEngineServer:
         @app.get("/health")
         @app.get("/health_generate")
         async def health(request: Request) -> Response:
-            """SGLang's check: 200 once the engine makes progress on a 1-token request (or anything)."""
+            """SGLang's check: 503 while starting; 200 once the engine makes progress on a 1-token request (or
+            anything), which cannot happen while generation is paused: then 503 after the check's timeout."""
+            if server.starting:
+                return Response(status_code=503)
             if request.url.path == "/health" and not HEALTH_ENDPOINT_GENERATES:
                 return Response(status_code=200)
             tic = time.time()
@@ -511,11 +535,10 @@ class CpuEngineServer:
 
         @app.api_route("/flush_cache", methods=["GET", "POST"])
         async def flush_cache() -> Response:
-            # No prefix cache to flush; like SGLang, refuse while requests are running or waiting.
             return Response(
                 content="Cache flushed.\nPlease check backend logs for more details. "
                 "(When there are running or waiting requests, the operation will not be performed.)\n",
-                status_code=200 if scheduler.num_in_flight == 0 else 400,
+                status_code=200 if scheduler.flush_cache() else 400,
             )
 
         @app.post("/abort_request")
@@ -599,6 +622,8 @@ class CpuEngineServer:
                 )
             except Exception as exc:
                 return result(False, f"Failed to update parameter online: {exc}.")
+            if (problem := server._flush_after_update(obj.flush_cache)) is not None:
+                return result(False, problem)
             message = server._set_version_after_update(
                 True, "Succeeded to update parameter online.", obj.weight_version, paused
             )
@@ -622,6 +647,8 @@ class CpuEngineServer:
                 )
             except Exception as exc:
                 return result(False, f"Failed to update weights from tensor: {exc}")
+            if (problem := server._flush_after_update(obj.flush_cache)) is not None:
+                return result(False, problem)
             return result(True, server._set_version_after_update(True, "Success", obj.weight_version, paused))
 
         @app.post("/update_weights_from_disk")
@@ -633,6 +660,8 @@ class CpuEngineServer:
                 )
             except Exception as exc:
                 return result(False, f"Failed to update weights: {exc}.", num_paused_requests=0)
+            if (problem := server._flush_after_update(obj.flush_cache)) is not None:
+                return result(False, problem, num_paused_requests=0)
             server.model_path = obj.model_path
             message = server._set_version_after_update(
                 True, "Succeeded to update model weights.", obj.weight_version, paused

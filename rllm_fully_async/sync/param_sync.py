@@ -409,7 +409,8 @@ class ParamSync:
                     if workers in pending:
                         waiting.append("training worker rank 0 (or its FSDP peers)")
                     raise TimeoutError(
-                        f"weight sync step {step} did not finish within timeout_s={self.timeout_s:g} s; "
+                        f"weight sync step {step} did not finish within timeout_s={self.timeout_s:g} s "
+                        "(async_training.param_sync_timeout_s); "
                         f"still waiting for {' and '.join(waiting)}"
                     )
                 return workers.result()

@@ -305,6 +305,7 @@ class WeightSyncMixin:
             )
             for bucket in buckets:
                 if group is not None:
+                    window.reserve()
                     converted = (t.to(dtype=target_dtype or t.dtype).contiguous() for _name, t in bucket)
                     if flattened:
                         converted = iter([torch.cat([t.reshape(-1).view(torch.uint8) for t in converted])])

@@ -37,6 +37,7 @@ SERVER_ARGS = "sglang/srt/server_args.py"
 SAMPLING_PARAMS = "sglang/srt/sampling/sampling_params.py"
 TOKENIZER_MANAGER = "sglang/srt/managers/tokenizer_manager.py"
 TOKENIZER_COMMUNICATOR = "sglang/srt/managers/tokenizer_communicator_mixin.py"
+MODEL_RUNNER = "sglang/srt/model_executor/model_runner.py"
 
 
 def wheel_cache_dir() -> Path:

@@ -25,6 +25,7 @@ from hydra import compose, initialize_config_dir
 from sglang_source import (
     HTTP_SERVER,
     IO_STRUCT,
+    MODEL_RUNNER,
     TOKENIZER_MANAGER,
     SGLangSource,
     body_problems,
@@ -77,6 +78,7 @@ LAUNCH_CASES = {
             "actor_rollout_ref.rollout.max_model_len=4096",
             "actor_rollout_ref.model.trust_remote_code=true",
             "+rollout_servers.host=0.0.0.0",
+            "+rollout_servers.api_key=s3cret",
             'rollout_servers.extra_args=["--max-running-requests","64","--chunked-prefill-size=2048"]',
         ],
     ),
@@ -87,13 +89,15 @@ LAUNCH_CASES = {
 def test_launch_command_lines_parse_with_sglang_server_args(sglang: SGLangSource, case: str) -> None:
     config_name, overrides = LAUNCH_CASES[case]
     spec = spec_from_config(_config(config_name, *overrides))
-    argv = build_sglang_args(spec, port=31234)
+    listen = spec.host or "10.1.2.3"  # the launcher picks loopback or the node's IP when unset
+    argv = build_sglang_args(spec, port=31234, host=listen)
     assert argv[:3] == [sys.executable, "-m", "sglang.launch_server"]
     # sglang/launch_server.py parses sys.argv[1:] with prepare_server_args, i.e. ServerArgs.add_cli_args.
     assert "prepare_server_args(sys.argv[1:])" in sglang.module_source("sglang/launch_server.py")
     args = sglang.parse_server_args(argv[3:])
     assert args.model_path == "/models/qwen"
-    assert (args.host, args.port) == (spec.host, 31234)
+    assert (args.host, args.port) == (listen, 31234)
+    assert args.api_key == spec.api_key
     assert args.tensor_parallel_size == spec.tp_size  # ServerArgs.from_cli_args copies it into tp_size
     assert args.mem_fraction_static == pytest.approx(spec.gpu_memory_utilization)
     assert args.dtype == spec.dtype
@@ -109,7 +113,7 @@ def test_launch_command_lines_parse_with_sglang_server_args(sglang: SGLangSource
             True,
         )
         assert (args.max_running_requests, args.chunked_prefill_size) == (64, 2048)
-        assert args.host == "0.0.0.0"
+        assert (args.host, args.api_key) == ("0.0.0.0", "s3cret")
 
 
 def test_server_args_checks_reject_what_sglang_lacks(sglang: SGLangSource) -> None:
@@ -346,3 +350,17 @@ def test_client_keeps_the_tokens_of_a_queued_abort(recorder: tuple[Recorder, str
     assert out.num_aborts == 1
     resumed = [r for r in rec.requests if r.path == "/generate"][-1].body
     assert resumed["input_ids"] == [1, 2, 3, 5, 6, 9] and resumed["sampling_params"]["max_new_tokens"] == 7
+
+
+def test_the_weight_update_rendezvous_is_sglangs(sglang: SGLangSource) -> None:
+    """Server rank = rank_offset + tp_rank; SGLang joins at f"tcp://{master_address}:{master_port}" with the
+    address we send verbatim, which must be where our rank 0 hosts the store (IPv6: bracketed)."""
+    import ast
+
+    from rllm_fully_async.cluster.addresses import rendezvous_host, tcp_url
+
+    init = ast.unparse(sglang.function(MODEL_RUNNER, "ModelRunner.init_weights_update_group"))
+    assert "rank = rank_offset + self.tp_rank" in init
+    assert "init_method=f'tcp://{master_address}:{master_port}'" in init
+    for host in ("10.0.0.1", "::1"):
+        assert f"tcp://{rendezvous_host(host)}:{29500}" == tcp_url(host, 29500)

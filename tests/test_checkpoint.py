@@ -69,7 +69,7 @@ def test_resume_uses_the_tracked_step_when_it_is_intact(tmp_path):
         ("no_actor", "global_step_3/actor is missing or empty"),
     ],
 )
-def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys, damage, problem):
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog, damage, problem):
     for step in (1, 2, 3):
         save_step(tmp_path, step)
     step3 = tmp_path / "global_step_3"
@@ -87,7 +87,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys, dam
         (step3 / "actor" / "model_world_size_1_rank_0.pt").unlink()
     directory, loaded = checkpoint.find_resume_point(str(tmp_path))
     assert directory.endswith("global_step_2") and loaded["global_steps"] == 2
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "resuming from" in out and "global_step_2, the newest intact checkpoint" in out and problem in out
 
 

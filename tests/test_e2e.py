@@ -202,7 +202,6 @@ def test_a_killed_rollout_server_is_restarted_rejoined_and_no_prompt_is_lost(tas
         run.wait(timeout=400)
     text = log.read_text()
     assert run.returncode == 0, text[-5000:]
-    assert f":{port}'] died and were restarted" in text
     launches = [f.read_text().count(f"launching on port {port}") for f in servers.iterdir()]
     assert sorted(launches) == [0, 2][2 - num_servers :], "the killed one is relaunched, any other left alone"
     steps = step_metrics(tmp_path)

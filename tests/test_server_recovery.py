@@ -1,5 +1,6 @@
 # Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
-"""The trainer's control flow when a rollout server dies during a weight sync, with the death injected.
+"""The server supervisor's control flow when a rollout server dies during a weight sync or while the trainer
+waits, with the death injected.
 
 The real path (a SIGKILLed server, restarted, re-joined and synced) runs end to end in ``test_e2e.py``;
 there the death lands between syncs. This covers the other timing: the server dies mid-sync.
@@ -7,10 +8,12 @@ there the death lands between syncs. This covers the other timing: the server di
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from rllm_fully_async.servers.supervisor import ServerSupervisor
 from rllm_fully_async.sync.param_sync import ParamSyncError, SyncStats
-from rllm_fully_async.trainer.fully_async_trainer import FullyAsyncTrainer
 
 URL = "http://127.0.0.1:1"
 
@@ -57,11 +60,16 @@ class ParamSyncKilledMidSync:
         self.log.append("rejoin")
 
 
-def trainer_with(servers, param_sync) -> FullyAsyncTrainer:
-    trainer = FullyAsyncTrainer.__new__(FullyAsyncTrainer)  # only the recovery attributes are needed
-    trainer.servers, trainer.param_sync = servers, param_sync
-    trainer.param_version, trainer.servers_restarted = 2, 0
-    return trainer
+class HealthySync:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def sync(self, version: int) -> SyncStats:
+        self.log.append(f"sync {version}")
+        return SyncStats(version, 0.0, 0.0, 0.0, 0.0, 0, 0)
+
+    def rejoin(self) -> None:
+        self.log.append("rejoin")
 
 
 @pytest.mark.parametrize(
@@ -70,9 +78,9 @@ def trainer_with(servers, param_sync) -> FullyAsyncTrainer:
 def test_a_server_dying_mid_sync_is_restarted_rejoined_and_the_sync_repeated(error, checks_to_exit):
     log: list[str] = []
     servers = Servers(log, checks_to_exit)
-    trainer = trainer_with(servers, ParamSyncKilledMidSync(servers, log, error))
-    stats = trainer._push_weights(3)
-    assert stats.version == 3 and trainer.servers_restarted == 1
+    supervisor = ServerSupervisor(servers, ParamSyncKilledMidSync(servers, log, error))
+    stats = supervisor.push(3, current_version=2)
+    assert stats.version == 3 and supervisor.restarted == 1
     # the restarted server first gets the current weights (version 2), then the new ones
     assert log == ["sync 3", f"restart {[URL]}", "rejoin", "sync 2", "sync 3"]
 
@@ -83,5 +91,30 @@ def test_a_failed_sync_with_every_server_alive_is_raised():
     param_sync = ParamSyncKilledMidSync(servers, log, ParamSyncError)
     servers.die = lambda: None  # the sync fails, but no server died: nothing to recover, the error stands
     with pytest.raises(ParamSyncError, match="update_weights_from_distributed failed"):
-        trainer_with(servers, param_sync)._push_weights(3)
+        ServerSupervisor(servers, param_sync, death_grace_s=0.2).push(3, current_version=2)
     assert log == ["sync 3"]
+
+
+def test_a_death_while_waiting_for_a_batch_is_recovered_between_waits():
+    log: list[str] = []
+    servers = Servers(log)
+    supervisor = ServerSupervisor(servers, HealthySync(log), check_interval_s=0.01)
+    answers = iter([[], [], ["batch"]])
+
+    def wait_fn(timeout_s: float) -> list[str]:
+        assert 0 < timeout_s <= 0.01
+        log.append("wait")
+        if len(log) == 2:
+            servers.die()  # dies during the second wait; the next round recovers it
+        return next(answers)
+
+    ready, recovering_s = supervisor.wait(wait_fn, deadline=time.monotonic() + 60, version=4)
+    assert ready == ["batch"] and supervisor.restarted == 1 and recovering_s >= 0
+    assert log == ["wait", "wait", f"restart {[URL]}", "rejoin", "sync 4", "wait"]
+
+
+def test_waiting_ends_at_the_deadline_and_never_recovers_servers_it_did_not_start():
+    log: list[str] = []
+    supervisor = ServerSupervisor(None, HealthySync(log), check_interval_s=0.01)
+    ready, recovering_s = supervisor.wait(lambda timeout_s: [], deadline=time.monotonic() + 0.05, version=1)
+    assert (ready, recovering_s, supervisor.restarted, log) == ([], 0.0, 0, [])

@@ -89,3 +89,47 @@ def test_bad_role_strategy_and_size_fail_before_starting_anything(ray_local, toy
     if not ray.available_resources().get("GPU"):
         with pytest.raises(PlacementError, match="no node has the resource 'GPU'.*trainer.n_gpus_per_node"):
             create_actor_worker_group(actor_config(toy_model_dir, "trainer.device=cuda"))
+
+
+# Last in this module: it trains the shared actor, which the tests above expect untrained.
+def test_train_step_moves_the_policy_towards_the_rewarded_response(actor_wg, toy_model_dir):
+    """One FullyAsyncTrainer step on real workers: GRPO advantages within each group, verl's update, the
+    step's metrics; then the rewarded response gained the most likelihood, the others lost overall."""
+    from transformers import AutoTokenizer
+
+    from rllm_fully_async.rollout.trajectory import Sample, TrajectoryGroup
+    from rllm_fully_async.trainer.batch import build_batch
+    from rllm_fully_async.trainer.fully_async_trainer import FullyAsyncTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(toy_model_dir)
+    overrides = ["actor_rollout_ref.rollout.n=4", "algorithm.adv_estimator=grpo"]
+    config = actor_config(toy_model_dir, *overrides)
+    with open_dict(config):
+        config.async_training = {"required_samples": 2, "trigger_parameter_sync_step": 1}
+    prompt = tokenizer.encode("Say 7")
+    responses = [tokenizer.encode(text) for text in ("7", "3", "5", "1")]
+
+    def group(uid: str, rewarded: int, min_version: int) -> TrajectoryGroup:
+        samples = [
+            Sample(prompt, r, [-1.0] * len(r), float(i == rewarded), "stop", min_version, 1)
+            for i, r in enumerate(responses)
+        ]
+        return TrajectoryGroup(uid, 0, {"data_source": "toy"}, samples, launch_version=min_version)
+
+    groups = [group("a", 0, 1), group("b", 0, 0)]
+    trainer = FullyAsyncTrainer(config, tokenizer, actor_wg, None, None, None, total_training_steps=1)
+    trainer.param_version = 1
+    before = actor_wg.compute_log_prob(build_batch(groups, tokenizer.pad_token_id, 1)).batch["old_log_probs"]
+
+    metrics = trainer._train_step(groups)
+
+    after = actor_wg.compute_log_prob(build_batch(groups, tokenizer.pad_token_id, 1)).batch["old_log_probs"]
+    mask = build_batch(groups, tokenizer.pad_token_id, 1).batch["response_mask"].bool()
+    gain = ((after - before) * mask).sum(-1).view(2, 4)  # per sample, group by group
+    assert (gain[:, 0] > 0).all(), gain  # the rewarded response of each group gains the most
+    assert (gain[:, 0] > gain[:, 1:].max(dim=1).values).all() and gain[:, 1:].sum() < 0, gain
+    assert metrics["training/global_step"] == 1 and metrics["async/batch_samples"] == 8
+    assert metrics["reward/mean"] == 0.25 and metrics["async/staleness_mean"] == 0.5
+    assert metrics["critic/advantages/max"] > 0 > metrics["critic/advantages/min"]
+    assert torch.isfinite(torch.tensor(metrics["actor/pg_loss"])) and "actor/entropy" in metrics
+    assert {"timing_s/step", "timing_s/old_log_prob", "timing_s/update_actor"} <= set(metrics)

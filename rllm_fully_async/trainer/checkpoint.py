@@ -18,12 +18,15 @@ from __future__ import annotations
 import errno
 import io
 import json
+import logging
 import os
 import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "fully_async_state.pt"
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
@@ -154,9 +157,8 @@ def find_resume_point(root: str) -> tuple[str, dict[str, Any]] | None:
             problems.append(str(e))
             continue
         if problems:
-            print(
-                f"resuming from {directory}, the newest intact checkpoint: " + "; ".join(problems), flush=True
-            )
+            detail = "; ".join(problems)
+            logger.warning("resuming from %s, the newest intact checkpoint: %s", directory, detail)
         return directory, state
     raise CheckpointError(
         f"no intact checkpoint to resume from in trainer.default_local_dir={root!r}: "

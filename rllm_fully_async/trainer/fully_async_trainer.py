@@ -8,11 +8,23 @@ the configured advantage estimator, and ``update_actor`` on the patched ``dp_act
 ``trigger_parameter_sync_step`` steps it pushes the new weights to the rollout servers (ParamSync).
 
 A rollout server the run started that dies is restarted, taken back into the weight-update group and
-given the current weights, between steps or while the trainer waits for data; the run goes on.
+given the current weights, between steps or while the trainer waits for data (a
+:class:`~rllm_fully_async.servers.supervisor.ServerSupervisor`); the run goes on.
+
+Why this is not a subclass of verl's ``RayPPOTrainer``: its ``__init__`` needs verl's role/resource-pool
+mapping, asserts a hybrid (colocated) rollout engine and builds verl's own dataloaders over the training
+files; none of that exists here (prompts are drawn by the RolloutExecutor, rollout runs on separate
+servers). Skipping that constructor while inheriting its methods made every reused method depend on
+whichever attributes verl 0.7.1 happened to read. What the step reuses from the parent is small with the
+worker implementation used here (verl's legacy workers): ``compute_log_prob``, ``compute_ref_log_prob``
+and ``update_actor`` calls on the worker group, and sequence-length balancing, which this calls through
+verl's ``seqlen_balancing`` functions. verl's algorithm pieces (advantage estimators, KL penalty, rollout
+correction, data metrics) are module functions and are used as they are.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -20,30 +32,43 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
+from verl import DataProto
 from verl.trainer.ppo.core_algos import agg_loss
 from verl.trainer.ppo.metric_utils import compute_data_metrics
-from verl.trainer.ppo.ray_trainer import RayPPOTrainer, apply_kl_penalty, compute_advantage
+from verl.trainer.ppo.ray_trainer import apply_kl_penalty, compute_advantage
 from verl.trainer.ppo.utils import need_reference_policy
 from verl.utils.debug import marked_timer
 from verl.utils.metric import reduce_metrics
+from verl.utils.seqlen_balancing import (
+    calculate_workload,
+    get_seqlen_balanced_partitions,
+    log_seqlen_unbalance,
+)
 
 from rllm_fully_async.servers.rollout_servers import RolloutServers
-from rllm_fully_async.sync.param_sync import ParamSync, ParamSyncError, SyncStats
+from rllm_fully_async.servers.supervisor import ServerSupervisor
+from rllm_fully_async.sync.param_sync import ParamSync
 from rllm_fully_async.trainer import checkpoint
 from rllm_fully_async.trainer.batch import build_batch
 from rllm_fully_async.trainer.metrics import RunSummary, async_metrics
 
 STATE_FILE = checkpoint.STATE_FILE
 LEDGER_FILE = checkpoint.LEDGER_FILE
-# How often the trainer looks for dead rollout servers while it waits for a batch.
-SERVER_CHECK_INTERVAL_S = 5.0
-# After a failed weight sync, how long a server death may take to show: a dying server's connections
-# close a moment before its process has exited.
-SERVER_DEATH_GRACE_S = 5.0
 # How long a timeout message waits for the rollout side to say what it is doing.
 ACTIVITY_TIMEOUT_S = 10.0
+# What the progress bar shows of each step (every metric still goes to the trainer.logger backends).
+CONSOLE_METRICS = {
+    "reward": "reward/mean",
+    "staleness": "async/staleness_mean",
+    "samples/s": "rollout/samples_per_s",
+    "trainer_idle": "async/trainer_idle_ratio",
+    "sync_s": "async/param_sync_s",
+}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,14 +97,8 @@ class StepClock:
         return self.waiting_s / elapsed if elapsed > 0 else 0.0
 
 
-class FullyAsyncTrainer(RayPPOTrainer):
-    """verl's ``RayPPOTrainer`` with the rollout moved out of the step.
-
-    The parent's ``__init__`` builds verl's own dataloaders and a colocated rollout; neither exists
-    here (prompts are drawn by the RolloutExecutor), so this sets only the attributes the reused
-    parent methods (``_compute_old_log_prob``, ``_compute_ref_log_prob``, ``_update_actor``,
-    ``_balance_batch``) read.
-    """
+class FullyAsyncTrainer:
+    """verl's PPO step with the rollout moved out of it (see the module docstring for what is reused)."""
 
     def __init__(
         self,
@@ -98,24 +117,17 @@ class FullyAsyncTrainer(RayPPOTrainer):
         servers started outside the run, which it cannot restart)."""
         self.config = config
         self.tokenizer = tokenizer
-        self.processor = None
         self.actor_rollout_wg = actor_wg
         self.ref_policy_wg = ref_wg
         self.queue = queue
         self.executor = executor
         self.param_sync = param_sync
-        self.servers = servers
-        self.servers_restarted = 0
+        self.supervisor = ServerSupervisor(servers, param_sync)
         self.validate_fn = validate_fn
         self.total_training_steps = total_training_steps
         self.use_reference_policy = need_reference_policy(config)
         if self.use_reference_policy and ref_wg is None:
             raise ValueError("use_kl_loss / use_kl_in_reward need a reference policy worker group (ref_wg)")
-        self.use_critic = False
-        self.use_rm = False
-        self.ref_in_actor = False
-        self.use_legacy_worker_impl = "auto"
-        self.use_prefix_grouper = False
         if config.algorithm.use_kl_in_reward:
             from verl.trainer.ppo import core_algos
 
@@ -131,10 +143,12 @@ class FullyAsyncTrainer(RayPPOTrainer):
         """Train until ``total_training_steps`` or until the rollout side has no more data."""
         from verl.utils.tracking import Tracking
 
-        logger = Tracking(
+        backends = list(self.config.trainer.logger)
+        # verl's console backend prints every metric of a step on one line; the progress bar shows a few.
+        tracking = Tracking(
             project_name=self.config.trainer.project_name,
             experiment_name=self.config.trainer.experiment_name,
-            default_backend=list(self.config.trainer.logger),
+            default_backend=[b for b in backends if b != "console"],
             config=OmegaConf.to_container(self.config, resolve=True),
         )
         self._load_checkpoint()
@@ -158,8 +172,9 @@ class FullyAsyncTrainer(RayPPOTrainer):
                 if self.validate_fn is not None and self._due(self.config.trainer.test_freq, is_last):
                     metrics.update(self._validate_now())
                 metrics.update(self._pipeline_metrics(pipeline_refs))
-                metrics["async/servers_restarted"] = self.servers_restarted
-                logger.log(data=metrics, step=self.global_steps)
+                metrics["async/servers_restarted"] = self.supervisor.restarted
+                tracking.log(data=metrics, step=self.global_steps)
+                progress.set_postfix(console_postfix(metrics), refresh=False)
                 progress.update(1)
         finally:
             progress.close()
@@ -188,13 +203,11 @@ class FullyAsyncTrainer(RayPPOTrainer):
             cfg.staleness_policy,
             cfg.queue_get_timeout_s,
         )
-        deadline = time.monotonic() + cfg.queue_get_timeout_s + 30
-        ready: list = []
-        recovering_s = 0.0
-        while not ready and time.monotonic() < deadline:
-            recovering_s += self._recover_servers()
-            wait_s = min(SERVER_CHECK_INTERVAL_S, max(0.0, deadline - time.monotonic()))
-            ready, _ = ray.wait([get_ref, run_ref], num_returns=1, timeout=wait_s)
+        ready, recovering_s = self.supervisor.wait(
+            lambda timeout_s: ray.wait([get_ref, run_ref], num_returns=1, timeout=timeout_s)[0],
+            deadline=time.monotonic() + cfg.queue_get_timeout_s + 30,
+            version=self.param_version,
+        )
         if not ready:
             raise TimeoutError(
                 "no training batch arrived within async_training.queue_get_timeout_s="
@@ -239,7 +252,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
             )
             batch.meta_info["global_steps"] = self.global_steps
             if config.trainer.balance_batch and self.actor_rollout_wg.world_size > 1:
-                self._balance_batch(batch, metrics=metrics)
+                metrics.update(balance_batch(batch, self.actor_rollout_wg.world_size))
 
             rollout_corr = config.algorithm.get("rollout_correction", None)
             bypass = bool(rollout_corr is not None and rollout_corr.get("bypass_mode", False))
@@ -249,7 +262,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
                 apply_bypass_mode(batch, rollout_corr, config.actor_rollout_ref.actor.policy_loss)
             else:
                 with marked_timer("old_log_prob", timing):
-                    old_log_prob, _ = self._compute_old_log_prob(batch)
+                    old_log_prob = self.actor_rollout_wg.compute_log_prob(batch)
                 entropy = agg_loss(
                     loss_mat=old_log_prob.batch["entropys"],
                     loss_mask=batch.batch["response_mask"],
@@ -261,7 +274,7 @@ class FullyAsyncTrainer(RayPPOTrainer):
 
             if self.use_reference_policy:
                 with marked_timer("ref", timing):
-                    batch = batch.union(self._compute_ref_log_prob(batch))
+                    batch = batch.union(self.ref_policy_wg.compute_ref_log_prob(batch))
 
             with marked_timer("adv", timing):
                 if config.algorithm.use_kl_in_reward:
@@ -288,7 +301,8 @@ class FullyAsyncTrainer(RayPPOTrainer):
                     config=config.algorithm,
                 )
             with marked_timer("update_actor", timing):
-                actor_output = self._update_actor(batch)
+                batch.meta_info["multi_turn"] = config.actor_rollout_ref.rollout.multi_turn.enable
+                actor_output = self.actor_rollout_wg.update_actor(batch)
             metrics.update(reduce_metrics(actor_output.meta_info["metrics"]))
 
         metrics.update(compute_data_metrics(batch=batch, use_critic=False))
@@ -297,55 +311,9 @@ class FullyAsyncTrainer(RayPPOTrainer):
         metrics["training/global_step"] = self.global_steps + 1
         return metrics
 
-    def _recover_servers(self) -> float:
-        """Restart the rollout servers that died, re-form the weight-update group with them, and push the
-        current weights: a restarted server starts from the initial model. Meanwhile what the dead one was
-        generating failed over to the other servers, or, with none left, waited for it to come back.
-
-        Returns the seconds it took, 0 when every server is alive."""
-        if self.servers is None or not self.servers.check():
-            return 0.0
-        start = time.perf_counter()
-        restarted = self.servers.restart_dead()
-        self.param_sync.rejoin()
-        self.param_sync.sync(self.param_version)
-        self.servers_restarted += len(restarted)
-        seconds = time.perf_counter() - start
-        print(
-            f"rollout servers {restarted} died and were restarted; weights of version {self.param_version} "
-            f"pushed to them ({seconds:.1f}s)",
-            flush=True,
-        )
-        return seconds
-
-    def _push_weights(self, version: int) -> SyncStats:
-        """``param_sync.sync(version)``; when a rollout server died before or during it, it is restarted
-        and taken back into the group (:meth:`_recover_servers`), and the push repeated."""
-        self._recover_servers()
-        try:
-            return self.param_sync.sync(version)
-        except (ParamSyncError, TimeoutError) as e:
-            if not self._a_server_died():
-                raise
-            print(f"weight sync to version {version} failed, a rollout server died: {e}", flush=True)
-        self._recover_servers()
-        return self.param_sync.sync(version)
-
-    def _a_server_died(self) -> bool:
-        """Whether a rollout server this run started is dead, waiting up to ``SERVER_DEATH_GRACE_S`` for one
-        that is dying to exit."""
-        if self.servers is None:
-            return False
-        deadline = time.monotonic() + SERVER_DEATH_GRACE_S
-        while not self.servers.check():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
-        return True
-
     def _sync_weights(self) -> dict[str, float]:
         start = time.perf_counter()
-        stats = self._push_weights(self.param_version + 1)
+        stats = self.supervisor.push(self.param_version + 1, current_version=self.param_version)
         self.param_version += 1
         self.clock.sync_s += time.perf_counter() - start
         return {
@@ -436,7 +404,30 @@ class FullyAsyncTrainer(RayPPOTrainer):
         self.summary.load_state_dict(state["summary"])
         # The servers restarted with the initial weights: push the checkpoint's weights under its version.
         stats = self.param_sync.sync(self.param_version)
-        print(
-            f"resumed from {step_dir} at step {self.global_steps}, param version {self.param_version} "
-            f"(weights pushed in {stats.total_s:.2f}s)"
+        logger.info(
+            "resumed from %s at step %d, param version %d (weights pushed in %.2fs)",
+            step_dir,
+            self.global_steps,
+            self.param_version,
+            stats.total_s,
         )
+
+
+def balance_batch(batch: DataProto, dp_size: int) -> dict[str, float]:
+    """Reorder ``batch`` in place so every data-parallel rank gets a similar token count (verl's
+    ``RayPPOTrainer._balance_batch`` without its prefix-grouper and mini-batch variants); returns verl's
+    ``global_seqlen/*`` balance metrics."""
+    attention_mask = batch.batch["attention_mask"]
+    seqlens = attention_mask.view(attention_mask.shape[0], -1).sum(-1)
+    workload = calculate_workload(seqlens)
+    partitions = get_seqlen_balanced_partitions(workload, k_partitions=dp_size, equal_size=True)
+    for i, partition in enumerate(partitions):  # smaller micro-batches at both ends of each rank's share
+        partition.sort(key=lambda x: (workload[x], x))
+        partitions[i] = partition[::2] + partition[1::2][::-1]
+    batch.reorder(torch.tensor([j for partition in partitions for j in partition]))
+    return log_seqlen_unbalance(seqlen_list=seqlens.tolist(), partitions=partitions, prefix="global_seqlen")
+
+
+def console_postfix(metrics: dict[str, Any]) -> dict[str, str]:
+    """The few numbers of a step a person watches, for the progress bar."""
+    return {name: f"{metrics[key]:.3g}" for name, key in CONSOLE_METRICS.items() if key in metrics}

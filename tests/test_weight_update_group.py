@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import random
 import socket
@@ -92,3 +93,53 @@ def test_bad_rank_is_rejected_before_any_rendezvous() -> None:
         init_weight_update_group("127.0.0.1", _free_port(), 2, 2, "g")
     with pytest.raises(ValueError, match="group_name"):
         init_weight_update_group("127.0.0.1", _free_port(), 0, 2, "")
+
+
+def _server_rank(ports: mp.Queue, results: mp.Queue) -> None:
+    """A server's side: join the group at the port it is told, receive one tensor; twice (a re-join)."""
+    from rllm_fully_async.sync.weight_update_group import (
+        broadcast_tensor,
+        destroy_weight_update_group,
+        init_weight_update_group,
+    )
+
+    for _ in range(2):
+        group = init_weight_update_group("127.0.0.1", ports.get(timeout=30), 1, 2, "weights", timeout_s=30)
+        received = torch.zeros(3)
+        broadcast_tensor(group, received, src=0)
+        destroy_weight_update_group(group)
+        results.put(received.tolist())
+
+
+def test_rank0_holds_its_rendezvous_port_from_before_it_is_told_until_the_group_forms() -> None:
+    """The port is bound when it is chosen, so nothing can take it before rank 0 listens on it; every
+    re-join gets a fresh store the same way."""
+    from rllm_fully_async.sync.weight_update_group import (
+        broadcast_tensor,
+        destroy_weight_update_group,
+        host_rendezvous_store,
+        init_weight_update_group,
+    )
+
+    ctx = mp.get_context("spawn")
+    ports, results = ctx.Queue(), ctx.Queue()
+    server = ctx.Process(target=_server_rank, args=(ports, results))
+    server.start()
+    try:
+        for round_ in range(2):
+            store = host_rendezvous_store("127.0.0.1", timeout_s=30)
+            with socket.socket() as other, pytest.raises(OSError) as taken:
+                other.bind(("127.0.0.1", store.port))
+            assert taken.value.errno == errno.EADDRINUSE
+            ports.put(store.port)
+            group = init_weight_update_group(
+                "127.0.0.1", store.port, 0, 2, "weights", timeout_s=30, store=store
+            )
+            broadcast_tensor(group, torch.full((3,), float(round_ + 1)), src=0)
+            destroy_weight_update_group(group)
+            assert results.get(timeout=30) == [float(round_ + 1)] * 3
+    finally:
+        server.join(30)
+        if server.is_alive():
+            server.kill()
+    assert server.exitcode == 0

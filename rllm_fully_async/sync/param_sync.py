@@ -248,7 +248,10 @@ class ParamSync:
             raise RuntimeError(f"weight-update group {self.group_name!r} is already initialised")
         # Loopback only when it reaches everything: one node, and no server elsewhere (rollout_servers.urls).
         local = len(cluster_nodes()) == 1 and all(is_loopback_url(u) for u in self.server_urls)
-        endpoint = self.actor_wg.rendezvous_endpoint(self.master_address or (LOOPBACK if local else None))
+        # Rank 0 binds the rendezvous port before the servers are told it: no one can take it in between.
+        endpoint = self.actor_wg.rendezvous_endpoint(
+            self.master_address or (LOOPBACK if local else None), self.timeout_s
+        )
         address, port = self._wait_workers(endpoint, "rendezvous_endpoint")[0]
         worker_refs = self.actor_wg.init_weight_update_group(
             address, port, self.world_size, self.group_name, self.backend, self.timeout_s

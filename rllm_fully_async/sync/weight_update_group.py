@@ -9,7 +9,8 @@ It is created exactly as SGLang's server creates its side in ``/init_weights_upd
 
 * rendezvous through ``tcp://master_address:master_port`` (an IPv6 literal bracketed or not); rank 0 (the
   trainer) hosts the TCP store, listening on ``master_address`` only (torch's own rendezvous would
-  listen on every interface);
+  listen on every interface), on a port bound before anyone is told it (:func:`host_rendezvous_store`)
+  and held from then on, so nothing else can take the port between choosing and binding it;
 * every key in that store is prefixed with ``group_name`` (``PrefixStore``), so several groups can
   share one store port and two groups with different names coexist in one process;
 * the group maps group rank ``i`` to global rank ``i`` so collectives take ``src`` in group ranks.
@@ -37,6 +38,15 @@ from torch.distributed.distributed_c10d import (
 from rllm_fully_async.cluster.addresses import tcp_url
 
 
+def host_rendezvous_store(master_address: str, timeout_s: float = 300.0) -> dist.TCPStore:
+    """Rank 0's rendezvous store, listening on ``master_address`` at a port the kernel picks (``store.port``).
+
+    Binding first and telling the port afterwards closes the race of picking a free port and binding it
+    later, when an outgoing connection or another process may have taken it meanwhile.
+    """
+    return _host_store(master_address, 0, None, timedelta(seconds=timeout_s))
+
+
 def init_weight_update_group(
     master_address: str,
     master_port: int,
@@ -45,10 +55,13 @@ def init_weight_update_group(
     group_name: str,
     backend: str = "gloo",
     timeout_s: float = 300.0,
+    store: dist.Store | None = None,
 ) -> dist.ProcessGroup:
     """Join (rank > 0) or host (rank 0) the weight-update group ``group_name``.
 
-    Blocks until all ``world_size`` ranks have joined or ``timeout_s`` passes (then raises).
+    ``store``: rank 0's store from :func:`host_rendezvous_store` (listening on ``master_port``); without it
+    rank 0 opens one on ``master_port`` itself. Blocks until all ``world_size`` ranks have joined or
+    ``timeout_s`` passes (then raises).
     """
     if not group_name:
         raise ValueError("group_name must be a non-empty string (it prefixes every rendezvous key)")
@@ -56,8 +69,10 @@ def init_weight_update_group(
         raise ValueError(f"rank={rank} must satisfy 0 <= rank < world_size={world_size}")
     timeout = timedelta(seconds=timeout_s)
     if rank == 0:
-        store = _host_store(master_address, int(master_port), world_size, timeout)
+        store = store or _host_store(master_address, int(master_port), world_size, timeout)
     else:
+        if store is not None:
+            raise ValueError("only rank 0 hosts the rendezvous store; other ranks connect to master_port")
         init_method = tcp_url(master_address, int(master_port))
         store, rank, world_size = next(rendezvous(init_method, rank, world_size, timeout=timeout))
     store.set_timeout(timeout)
@@ -76,7 +91,7 @@ def init_weight_update_group(
     return group
 
 
-def _host_store(address: str, port: int, world_size: int, timeout: timedelta) -> dist.TCPStore:
+def _host_store(address: str, port: int, world_size: int | None, timeout: timedelta) -> dist.TCPStore:
     """The rendezvous store of rank 0, on a socket bound to ``address`` alone: a store on every interface
     would let any host that reaches this machine join or disturb the group.
 
@@ -87,7 +102,8 @@ def _host_store(address: str, port: int, world_size: int, timeout: timedelta) ->
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(info[4])
-        sock.listen(max(128, world_size))
+        sock.listen(max(128, world_size or 0))
+        port = sock.getsockname()[1]  # the kernel's pick when asked for port 0
     except OSError as e:
         sock.close()
         if e.errno != errno.EADDRINUSE:

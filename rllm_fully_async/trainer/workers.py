@@ -8,7 +8,8 @@ registered methods that :class:`rllm_fully_async.sync.param_sync.ParamSync` driv
 * ``get_weight_metadata`` - ``(name, dtype, shape)`` of every tensor in Hugging Face naming, the
   order in which the tensors will be broadcast;
 * ``rendezvous_endpoint``, ``init_weight_update_group`` / ``destroy_weight_update_group`` - worker rank 0
-  hosts the servers' weight-update group as its rank 0 (``rllm_fully_async.sync.weight_update_group``);
+  hosts the servers' weight-update group as its rank 0 (``rllm_fully_async.sync.weight_update_group``),
+  its rendezvous store bound before the servers are told its port;
 * ``broadcast_weights`` - every rank takes part in gathering full tensors, a bucket at a time so that
   memory stays bounded, and rank 0 broadcasts them in metadata order (one collective per tensor, or
   one per bucket in the ``flattened_bucket`` format).
@@ -41,7 +42,7 @@ from verl.single_controller.ray.base import sort_placement_group_by_node_ip
 from verl.utils.device import get_device_id, get_device_name
 from verl.workers import fsdp_workers
 
-from rllm_fully_async.cluster.addresses import is_ipv6, strip_brackets
+from rllm_fully_async.cluster.addresses import strip_brackets
 from rllm_fully_async.cluster.placement import PlacementRequest, reserve, trainer_requests
 from rllm_fully_async.patches import VerlPatchError, require_patched_verl
 from rllm_fully_async.sync.broadcast_window import BroadcastWindow
@@ -49,6 +50,7 @@ from rllm_fully_async.sync.param_sync import split_into_buckets
 from rllm_fully_async.sync.weight_update_group import (
     broadcast_tensor,
     destroy_weight_update_group,
+    host_rendezvous_store,
     init_weight_update_group,
 )
 from rllm_fully_async.trainer.off_policy import register as register_policy_losses
@@ -195,6 +197,8 @@ class WeightSyncMixin:
         # (otherwise a rank-0-only failure would leave the others inside a gather collective).
         self._weight_group_names: set[str] = set()
         self._weight_groups: dict[str, dist.ProcessGroup] = {}
+        # rank 0: rendezvous stores opened for groups not formed yet, by port
+        self._rendezvous_stores: dict[int, dist.TCPStore] = {}
 
     def _full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         raise NotImplementedError
@@ -223,19 +227,20 @@ class WeightSyncMixin:
         ]
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
-    def rendezvous_endpoint(self, host: str | None = None) -> tuple[str, int] | None:
-        """``(address, free port)`` on rank 0's node for the weight-update rendezvous (other ranks: ``None``).
+    def rendezvous_endpoint(
+        self, host: str | None = None, timeout_s: float = 300.0
+    ) -> tuple[str, int] | None:
+        """``(address, port)`` of the weight-update rendezvous store rank 0 opens on its node and holds until
+        ``init_weight_update_group`` uses it (other ranks: ``None``).
 
         ``host`` None: the IP Ray knows this node by, which the servers on other nodes can reach.
         """
         if self.rank != 0:
             return None
-        import socket
-
         host = strip_brackets(host or ray.util.get_node_ip_address())
-        with socket.socket(socket.AF_INET6 if is_ipv6(host) else socket.AF_INET) as sock:
-            sock.bind((host, 0))
-            return host, sock.getsockname()[1]
+        store = host_rendezvous_store(host, timeout_s)
+        self._rendezvous_stores[store.port] = store
+        return host, store.port
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
     def init_weight_update_group(
@@ -256,7 +261,14 @@ class WeightSyncMixin:
             raise ValueError(f"weight-update group {group_name!r} already exists; destroy it first")
         if self.rank == 0:
             self._weight_groups[group_name] = init_weight_update_group(
-                master_address, master_port, 0, world_size, group_name, backend=backend, timeout_s=timeout_s
+                master_address,
+                master_port,
+                0,
+                world_size,
+                group_name,
+                backend=backend,
+                timeout_s=timeout_s,
+                store=self._rendezvous_stores.pop(master_port, None),
             )
         self._weight_group_names.add(group_name)
 

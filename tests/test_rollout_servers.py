@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -16,11 +17,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from rllm_fully_async.servers.ports import ephemeral_low, free_port, port_clash
 from rllm_fully_async.servers.rollout_servers import (
     ExternalRolloutServers,
     RolloutServerError,
     RolloutServers,
     RolloutServerSpec,
+    ServerHost,
     build_cpu_engine_args,
     build_sglang_args,
     is_healthy,
@@ -243,3 +246,31 @@ def test_sglang_server_lifecycle_on_gpu(ray_local, toy_model_dir: Path, tmp_path
         os.kill(servers.pids()[0], signal.SIGKILL)
         _wait_for(lambda: servers.check() == [url], 60, "killed SGLang server not detected")
         assert servers.restart_dead() == [url] and len(_generate(url)) == 3
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_are_free() -> None:
+    """Outgoing connections take their local ports from the ephemeral range, so a port below it cannot be
+    taken by one between choosing it and the server binding it."""
+    low = ephemeral_low()
+    for _ in range(20):
+        port = free_port("127.0.0.1")
+        assert port < low
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_a_server_whose_port_was_taken_before_it_bound_says_so(toy_model_dir: Path, tmp_path: Path) -> None:
+    """The launcher retries such a start on another port without counting it as a restart; this checks
+    that the engine's failure is recognised, and that another failure is not mistaken for it."""
+    spec = RolloutServerSpec(kind="cpu", model_path=str(toy_model_dir), num_threads=1, log_dir=str(tmp_path))
+    host = ServerHost(spec, 0)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        host.launch(holder.getsockname()[1])
+        _wait_for(lambda: host.exit_code() is not None, 120, "the engine to fail on a port in use")
+    assert host.exit_code() != 0 and host.lost_its_port()
+    host.launch(free_port())
+    host.stop()
+    assert not host.lost_its_port(), "a stopped server did not lose its port"
+    assert port_clash("OSError: [Errno 98] Address already in use") and not port_clash("CUDA out of memory")

@@ -123,3 +123,21 @@ def test_max_staleness_drop_requeues_and_keep_counts(ray_local):
     assert c["filtered_by_reason"] == {STALE_AFTER_END: 1}
     assert c["drawn"] == c["trained"] + c["filtered"] + c["queued"] + c["in_flight"] == 4
     ray.kill(q)
+
+
+def test_state_timer_counts_only_the_time_in_the_state():
+    from rllm_fully_async.rollout.state_timer import StateTimer
+
+    now = [0.0]
+    timer = StateTimer(clock=lambda: now[0])
+    timer.update(True)
+    now[0] = 2.0
+    timer.update(True)  # still in it: the stretch goes on
+    assert timer.active and timer.total() == 2.0
+    now[0] = 3.0
+    timer.update(False)
+    now[0] = 10.0
+    assert not timer.active and timer.total() == 3.0
+    timer.update(True)
+    now[0] = 10.5
+    assert timer.total() == 3.5

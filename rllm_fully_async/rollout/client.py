@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 
 from rllm_fully_async.cluster.addresses import rendezvous_host
+from rllm_fully_async.rollout.rollout_fn import chat_prompt_ids
 
 logger = logging.getLogger(__name__)
 
@@ -343,10 +344,7 @@ class RolloutClient:
 
         ``text`` of the result is the decoded response without special tokens.
         """
-        rendered = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
-        )
-        prompt_ids = tokenizer.encode(rendered, add_special_tokens=False)
+        prompt_ids = chat_prompt_ids(tokenizer, messages, **(chat_template_kwargs or {}))
         out = await self.generate(prompt_ids, sampling_params, **generate_kwargs)
         out.text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
         return out

@@ -27,6 +27,7 @@ from rllm_fully_async.config_schema import with_base_defaults
 from rllm_fully_async.rollout.reward_guard import InvalidReward, WatchedReward, check_reward, function_name
 from rllm_fully_async.rollout.rollout_fn import chat_prompt_ids, load_reward_fn, load_rollout_fn
 from rllm_fully_async.rollout.staleness import AdmissionController
+from rllm_fully_async.rollout.state_timer import StateTimer
 from rllm_fully_async.rollout.trajectory import Prompt, Sample, TrajectoryGroup
 
 logger = logging.getLogger(__name__)
@@ -175,25 +176,6 @@ class _GroupRun:
         return all(s is not None for s in self.samples)
 
 
-class _IdleClock:
-    """Accumulates wall time spent in the idle state."""
-
-    def __init__(self) -> None:
-        self.idle_s = 0.0
-        self._since: float | None = None
-
-    def update(self, idle: bool) -> None:
-        now = time.monotonic()
-        if idle and self._since is None:
-            self._since = now
-        elif not idle and self._since is not None:
-            self.idle_s += now - self._since
-            self._since = None
-
-    def total(self) -> float:
-        return self.idle_s + (time.monotonic() - self._since if self._since is not None else 0.0)
-
-
 @ray.remote(num_cpus=0)
 class RolloutExecutor:
     """Ray actor (asyncio). ``run()`` produces until the data is exhausted; the other methods steer it.
@@ -255,8 +237,8 @@ class RolloutExecutor:
         # The samples being generated: prompt uid, start time and the reward function they were given.
         self._active: dict[int, tuple[str, float, WatchedReward]] = {}
 
-        self._idle = _IdleClock()
-        self._paused_clock = _IdleClock()
+        self._idle = StateTimer()
+        self._paused_clock = StateTimer()
         self._run_started_at: float | None = None
         self._run_ended_at: float | None = None
         self._counters: dict[str, float] = dict.fromkeys(

@@ -24,9 +24,12 @@ RewardFn = Callable[..., Any]
 RolloutFn = Callable[..., Any]
 
 
-def chat_prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
-    """Token ids of ``messages`` rendered with the tokenizer's chat template plus the generation prompt."""
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def chat_prompt_ids(tokenizer: Any, messages: list[dict], **template_kwargs: Any) -> list[int]:
+    """Token ids of ``messages`` rendered with the tokenizer's chat template plus the generation prompt;
+    ``template_kwargs`` go to ``apply_chat_template`` (e.g. ``enable_thinking``)."""
+    rendered = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **template_kwargs
+    )
     return tokenizer.encode(rendered, add_special_tokens=False)
 
 

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from rllm_fully_async.rollout.state_timer import StateTimer
+
 
 class Versioned(Protocol):
     @property
@@ -63,9 +65,7 @@ class AdmissionController:
         self.charged = 0
         self.launched_total = 0
         self.windows = 0
-        self.throttled_s = 0.0
-        self._clock = clock
-        self._throttled_since: float | None = None
+        self._throttled = StateTimer(clock)
 
     def can_launch(self) -> bool:
         return self.charged < self.budget
@@ -97,23 +97,15 @@ class AdmissionController:
         return max(0, self.budget - self.charged)
 
     def stats(self) -> dict[str, float]:
-        throttled = self.throttled_s
-        if self._throttled_since is not None:
-            throttled += self._clock() - self._throttled_since
         return {
             "admission/budget": self.budget,
             "admission/charged": self.charged,
             "admission/remaining": self.remaining,
             "admission/launched_total": self.launched_total,
-            "admission/throttled_s": throttled,
-            "admission/throttled": float(self._throttled_since is not None),
+            "admission/throttled_s": self._throttled.total(),
+            "admission/throttled": float(self._throttled.active),
         }
 
     def _tick(self) -> None:
         """Track how long the budget has been exhausted (time rollout sits idle by design)."""
-        now = self._clock()
-        if not self.can_launch() and self._throttled_since is None:
-            self._throttled_since = now
-        elif self.can_launch() and self._throttled_since is not None:
-            self.throttled_s += now - self._throttled_since
-            self._throttled_since = None
+        self._throttled.update(not self.can_launch())

@@ -22,7 +22,6 @@ import ctypes
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from typing import Any
 from rllm_fully_async.cluster.addresses import LOOPBACK, http_url, server_addresses, strip_brackets
 from rllm_fully_async.cluster.placement import Placement, PlacementRequest, cluster_nodes, reserve
 from rllm_fully_async.config_schema import ROLLOUT_ENGINES, section_with_defaults
+from rllm_fully_async.servers.ports import free_port, port_clash
 
 SERVER_KINDS = tuple(ROLLOUT_ENGINES.values())
 # The rollout_servers defaults of config/fully_async_base.yaml, for specs built in code.
@@ -190,13 +190,7 @@ def is_healthy(url: str, timeout_s: float = 5.0) -> bool:
         return False
 
 
-def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
+_LAUNCH_MARK = "=== launching on port "
 _LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
@@ -228,9 +222,9 @@ class ServerHost:
     def launch(self, port: int | None = None) -> str:
         """Start the server on ``port`` (None: a free one) and return its URL without waiting for health."""
         self.stop()
-        port = port or _free_port(self._listen)
+        port = port or free_port(self._listen)
         with open(self._log_path, "ab") as log:
-            log.write(f"\n=== launching on port {port} ===\n".encode())
+            log.write(f"\n{_LAUNCH_MARK}{port} ===\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
                 build_server_args(self._spec, port, self._listen),
@@ -251,6 +245,12 @@ class ServerHost:
     def exit_code(self) -> int | None:
         """None while the server process runs."""
         return None if self._proc is None else self._proc.poll()
+
+    def lost_its_port(self) -> bool:
+        """Whether the server exited because its port was taken before it could bind it."""
+        if self.exit_code() is None or not self._log_path.exists():
+            return False
+        return port_clash(self._log_path.read_text(errors="replace").rsplit(_LAUNCH_MARK, 1)[-1])
 
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
@@ -416,10 +416,21 @@ class RolloutServers:
             return f"its host actor died ({type(e).__name__})"
         return None if code is None else f"exited with code {code}"
 
-    def _relaunch(self, index: int, reason: str, *, same_port: bool, deadline: float) -> None:
+    def _lost_its_port(self, index: int) -> bool:
         import ray
 
-        self._restarts[index] += 1
+        try:
+            return bool(ray.get(self._hosts[index].lost_its_port.remote(), timeout=30))
+        except ray.exceptions.RayActorError:
+            return False
+
+    def _relaunch(
+        self, index: int, reason: str, *, same_port: bool, deadline: float, charge: bool = True
+    ) -> None:
+        """Launch server ``index`` again; ``charge``: count it against ``max_restarts``."""
+        import ray
+
+        self._restarts[index] += charge
         if self._restarts[index] > self.spec.max_restarts:
             raise RolloutServerError(
                 f"rollout server {index} ({self._urls[index]}) {reason} and has used all "
@@ -440,7 +451,11 @@ class RolloutServers:
             for i in sorted(pending):
                 reason = self._death(i)
                 if reason is not None:
-                    self._relaunch(i, f"{reason} while starting", same_port=not fresh_port, deadline=deadline)
+                    # A fresh port that something else took before the server bound it is no fault of the
+                    # server: try another port, within the startup deadline, without using up a restart.
+                    clash = fresh_port and self._lost_its_port(i)
+                    reason = f"{reason} while starting" + (" (its port was taken)" if clash else "")
+                    self._relaunch(i, reason, same_port=not fresh_port, deadline=deadline, charge=not clash)
                 elif is_healthy(self._urls[i]):
                     pending.discard(i)
             if pending and time.monotonic() > deadline:

@@ -70,8 +70,24 @@ def _sample(low: int, high: int, reward: float, aborts: int = 0, finish: str = "
 
 def test_async_metrics_staleness_span_and_aborts() -> None:
     groups = [
-        TrajectoryGroup("a", 0, {}, [_sample(3, 3, 1.0), _sample(2, 3, 0.0, aborts=1)], launch_version=2),
-        TrajectoryGroup("b", 0, {}, [_sample(1, 1, 1.0, finish="length"), _sample(3, 3, 0.0)], 1),
+        TrajectoryGroup(
+            "a",
+            0,
+            {},
+            [_sample(3, 3, 1.0), _sample(2, 3, 0.0, aborts=1)],
+            2,
+            created_at=10.0,
+            finished_at=14.0,
+        ),
+        TrajectoryGroup(
+            "b",
+            0,
+            {},
+            [_sample(1, 1, 1.0, finish="length"), _sample(3, 3, 0.0)],
+            1,
+            created_at=10.0,
+            finished_at=12.0,
+        ),
     ]
     batch = DataProto.from_dict(tensors={"response_mask": torch.ones(4, 3, dtype=torch.long)})
     m = async_metrics(groups, batch, trainer_version=3)
@@ -80,5 +96,7 @@ def test_async_metrics_staleness_span_and_aborts() -> None:
     assert m["async/aborted_fraction"] == pytest.approx(0.25)
     assert "async/partial_rollout_fraction" not in m  # that name means "spans versions", from the executor
     assert [m[f"async/staleness_hist/{v}"] for v in (0, 1, 2)] == [2, 1, 1]
+    assert (m["async/group_latency_s_mean"], m["async/group_latency_s_max"]) == (3.0, 4.0)
+    assert m["async/launch_lag_mean"] == pytest.approx(((3 - 2) + (3 - 1)) / 2)
     assert (m["async/finish_reason/stop"], m["async/finish_reason/length"]) == (3, 1)
     assert (m["async/batch_samples"], m["async/batch_response_tokens"], m["reward/mean"]) == (4, 12, 0.5)

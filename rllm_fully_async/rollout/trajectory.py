@@ -61,6 +61,8 @@ class TrajectoryGroup:
 
     ``uid`` is stable across epochs (the row's ``extra_info.index`` or its dataset position), so
     ``(epoch, uid)`` identifies one draw. ``datum`` is kept so the prompt can be re-queued.
+    ``launch_version`` is the weight version when the prompt was admitted; ``created_at`` / ``finished_at``
+    (wall clock) bracket its generation. They feed ``async/launch_lag_mean`` and ``async/group_latency_s_*``.
     """
 
     uid: str

@@ -25,6 +25,9 @@ def async_metrics(groups: Sequence, batch: DataProto, trainer_version: int) -> d
     span = np.array([s.version_span for s in samples], dtype=np.float64)
     rewards = np.array([s.reward for s in samples], dtype=np.float64)
     aborts = np.array([s.num_aborts for s in samples], dtype=np.float64)
+    # per group: versions since its prompt was admitted, and wall time from admission to its last sample
+    launch_lag = np.array([trainer_version - g.launch_version for g in groups], dtype=np.float64)
+    latency = np.array([g.finished_at - g.created_at for g in groups], dtype=np.float64)
     metrics = {
         "reward/mean": float(rewards.mean()),
         "async/staleness_mean": float(stale.mean()),
@@ -34,6 +37,9 @@ def async_metrics(groups: Sequence, batch: DataProto, trainer_version: int) -> d
         # aborted at least once (by a weight sync's pause) and resumed; whether that spanned two weight
         # versions is rollout/partial_rollout_fraction
         "async/aborted_fraction": float((aborts > 0).mean()),
+        "async/launch_lag_mean": float(launch_lag.mean()),
+        "async/group_latency_s_mean": float(latency.mean()),
+        "async/group_latency_s_max": float(latency.max()),
         "async/batch_groups": len(groups),
         "async/batch_samples": len(samples),
         "async/batch_response_tokens": int(batch.batch["response_mask"].sum().item()),

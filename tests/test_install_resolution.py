@@ -4,7 +4,9 @@
 Needs network access to PyPI (``network`` marker); nothing is installed or built. pip resolves what
 ``install/gpu-*.sh`` install, with their constraints files, as a dry run for Linux x86_64 / CPython 3.11
 from binary wheels only, so that it never runs a package's setup code (``--only-binary=:all:``, which
-pip requires together with ``--platform``). pip's HTTP cache keeps reruns fast.
+pip requires together with ``--platform``). One resolution covers both profiles. pip's HTTP cache keeps
+the wheels' metadata between runs, but it revalidates ~300 index pages one by one, so a run takes minutes
+(``slow``): 6 to 8 minutes on a loaded 2-core machine, cold or warm.
 
 Packages that PyPI has only as source (flash-attn, transformer-engine-torch, and a few pure-Python
 dependencies) cannot take part in a binary-only resolution. Each is checked to exist on PyPI at the pinned
@@ -98,6 +100,7 @@ def project_requirements() -> list[str]:
 
 
 def resolve(requirements: list[str], constraints: Path, stubs: Path, tmp_path: Path) -> dict[str, str]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     report = tmp_path / "report.json"
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     proc = pip(
@@ -137,32 +140,30 @@ def test_source_only_pins_exist_on_pypi():
     assert megatron["transformer-engine-torch"] == SDIST_ONLY["transformer-engine-torch"][0]
 
 
-def test_fsdp_sglang_profile_resolves(stubs, tmp_path):
-    constraints = ROOT / "install/constraints-fsdp-sglang.txt"
+def test_gpu_profiles_resolve(stubs, tmp_path):
+    """One resolution covers both profiles: the Megatron profile is the FSDP one plus TransformerEngine,
+    megatron-core and mbridge under the same pins, so when it resolves, so does the FSDP profile alone.
+    Only when it does not is the FSDP profile resolved on its own, to name the profile at fault."""
+    fsdp = ROOT / "install/constraints-fsdp-sglang.txt"
+    megatron = ROOT / "install/constraints-megatron-sglang.txt"
     # install/gpu-fsdp-sglang.sh: torch trio, sglang + router, this package with [test], flash-attn
-    wanted = [
-        "torch",
-        "torchvision",
-        "torchaudio",
-        "sglang",
-        "sglang-router",
-        "flash-attn",
-        *project_requirements(),
+    fsdp_wanted = [*FSDP_PROFILE, *project_requirements()]
+    # install/gpu-megatron-sglang.sh adds TransformerEngine, megatron-core and mbridge
+    megatron_wanted = [
+        *fsdp_wanted,
+        "pybind11",
+        "transformer-engine[pytorch]",
+        "megatron-core",
+        "mbridge[megatron]",
     ]
-    resolved = resolve(wanted, constraints, stubs, tmp_path)
-    for name, version in pins(constraints).items():
-        assert resolved.get(name) == version, f"{name}: pinned {version}, resolved {resolved.get(name)}"
-
-
-def test_megatron_sglang_profile_resolves(stubs, tmp_path):
-    constraints = ROOT / "install/constraints-megatron-sglang.txt"
-    # install/gpu-megatron-sglang.sh adds TransformerEngine, megatron-core and mbridge to the FSDP profile
-    wanted = [
-        *FSDP_PROFILE, *project_requirements(),
-        "pybind11", "transformer-engine[pytorch]", "megatron-core", "mbridge[megatron]",
-    ]  # fmt: skip
-    resolved = resolve(wanted, constraints, stubs, tmp_path)
-    for name, version in {**pins(ROOT / "install/constraints-fsdp-sglang.txt"), **pins(constraints)}.items():
+    try:
+        resolved = resolve(megatron_wanted, megatron, stubs, tmp_path / "megatron")
+    except AssertionError as megatron_error:
+        resolve(fsdp_wanted, fsdp, stubs, tmp_path / "fsdp")  # raises if the FSDP profile is at fault
+        raise AssertionError(
+            f"the FSDP profile resolves, the Megatron profile does not: {megatron_error}"
+        ) from None
+    for name, version in {**pins(fsdp), **pins(megatron)}.items():
         assert resolved.get(name) == version, f"{name}: pinned {version}, resolved {resolved.get(name)}"
 
 

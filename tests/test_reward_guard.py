@@ -16,6 +16,7 @@ from test_executor import balanced, config, drain, engine, files, pipeline, wait
 from transformers import AutoTokenizer
 
 from rllm_fully_async.rollout.reward_guard import InvalidReward, WatchedReward, check_reward
+from rllm_fully_async.trainer.fully_async_trainer import FullyAsyncTrainer
 from rllm_fully_async.trainer.validation import Validator
 
 FAULTY = """
@@ -118,7 +119,7 @@ def test_a_function_that_never_returns_fails_its_sample_at_the_deadline_naming_i
         n=2,
         rollout_fn=f"{faulty / 'faulty_rollouts.py'}:stuck",
         max_retries=0,
-        sample_timeout_s=3,
+        sample_timeout_s=15,  # far above a normal sample even on a loaded machine
     )
     cfg["custom_reward_function"] = {"path": str(faulty / "faulty_reward.py"), "name": "hanging_score"}
     queue, executor = pipeline(cfg)
@@ -131,6 +132,12 @@ def test_a_function_that_never_returns_fails_its_sample_at_the_deadline_naming_i
         ),
         what="a hung sample named in activity()",
     )
+    # the trainer's queue timeout message quotes it, with the queue's counts
+    trainer = FullyAsyncTrainer.__new__(FullyAsyncTrainer)
+    trainer.executor, trainer.queue = executor, queue
+    message = trainer._rollout_activity()
+    assert "samples generating" in message, message
+    assert "queue: {" in message and "'in_flight':" in message
     groups = drain(queue, 4)
     ray.get(run, timeout=60)
     assert {g.uid for g in groups} == {str(100 + i) for i in range(12)} - {"105", "109"}
@@ -138,10 +145,10 @@ def test_a_function_that_never_returns_fails_its_sample_at_the_deadline_naming_i
     assert counts["filtered_by_reason"] == {"rollout_failed": 2, "prompt_too_long": 1} and balanced(counts)
     details = "\n".join(ray.get(queue.recent_filter_details.remote()))
     assert (
-        "reward function 'hanging_score' did not return within async_training.sample_timeout_s=3.0s"
+        "reward function 'hanging_score' did not return within async_training.sample_timeout_s=15.0s"
         in details
     )
-    assert "rollout function 'stuck' did not return within async_training.sample_timeout_s=3.0s" in details
+    assert "rollout function 'stuck' did not return within async_training.sample_timeout_s=15.0s" in details
 
 
 def test_a_failing_validation_sample_is_counted_not_fatal(files, faulty, toy_model_dir, engine):

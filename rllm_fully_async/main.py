@@ -109,12 +109,13 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
     from rllm_fully_async.trainer.workers import create_actor_worker_group, shutdown_worker_group
 
     has_cuda = cuda_available()
+    # First: the toy assets, checkpoints and the ledger are all written under it.
+    check_writable(os.path.expanduser(cfg.trainer.default_local_dir))
     fill_toy_defaults(cfg)
     validate(cfg, has_cuda=has_cuda)
     require_patched_verl()
     apply_mode(cfg)
     share_correction_with_loss(cfg)
-    check_writable(os.path.expanduser(cfg.trainer.default_local_dir))
     tokenizer = AutoTokenizer.from_pretrained(cfg.actor_rollout_ref.model.path)
     check_prompts_fit(cfg, tokenizer)
 

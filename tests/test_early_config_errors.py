@@ -103,3 +103,21 @@ def test_cli_refuses_an_added_typo_before_anything_starts(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "configuration error: trainer.total_epoch: unknown key" in proc.stderr
     assert not (tmp_path / "toy_assets").exists(), "nothing may start before the check"
+
+
+def test_cli_refuses_an_unwritable_checkpoint_directory_before_anything_starts(tmp_path):
+    if os.geteuid() == 0:  # root writes through permission bits: use a directory no one can create
+        ckpt = "/proc/rllm_fully_async_checkpoints/ckpt"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        ckpt = str(tmp_path / "ro" / "ckpt")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rllm_fully_async.main", f"trainer.default_local_dir={ckpt}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        timeout=120,
+    )
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert f"checkpoint error: trainer.default_local_dir='{ckpt}' cannot be written" in proc.stderr

@@ -8,7 +8,6 @@ once; with it the sender stops after N until the receiver takes the oldest.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import threading
 import pytest
 import torch
 
+from rllm_fully_async.servers.ports import free_port
 from rllm_fully_async.sync.broadcast_window import BroadcastStalledError, BroadcastWindow
 from rllm_fully_async.sync.weight_update_group import (
     broadcast_tensor,
@@ -45,15 +45,9 @@ RECEIVER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("max_buckets", [1, 2])
 def test_sender_holds_at_most_max_buckets_until_the_receiver_takes_them(max_buckets: int) -> None:
-    port = _free_port()
+    port = free_port()
     receiver = subprocess.Popen(
         [sys.executable, "-c", RECEIVER, str(port), str(BUCKETS), str(NUMEL)],
         stdin=subprocess.PIPE,
@@ -104,7 +98,7 @@ def test_sender_holds_at_most_max_buckets_until_the_receiver_takes_them(max_buck
 
 
 def test_a_receiver_that_never_receives_fails_the_wait_within_the_timeout() -> None:
-    port = _free_port()
+    port = free_port()
     receiver = subprocess.Popen(
         [sys.executable, "-c", RECEIVER, str(port), "1", str(NUMEL)],
         stdin=subprocess.PIPE,

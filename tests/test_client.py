@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from rllm_fully_async.rollout.client import (
     parse_load,
     parse_weight_version,
 )
+from rllm_fully_async.servers.ports import free_port
 from rllm_fully_async.servers.rollout_servers import CpuEngineProcess
 from rllm_fully_async.sync.weight_update_group import (
     broadcast_tensor,
@@ -45,12 +45,6 @@ from rllm_fully_async.toy import model as toy_model
 
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 FAST = {"backoff_s": 0.1, "health_check_interval_s": 0.3, "health_timeout_s": 2.0}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _get(url: str) -> dict | list:
@@ -159,7 +153,7 @@ def test_weight_sync_mid_generation_resumes_under_new_weights(
     urls = [e.url for e in engines]
     prompts = [[1, 50, 51, 52], [1, 60, 61, 62, 63]]
     new_weights = dict(AutoModelForCausalLM.from_pretrained(str(seed1_model_dir)).named_parameters())
-    port = _free_port()
+    port = free_port()
 
     async def run() -> list[GenerationOutput]:
         async with RolloutClient(urls, **FAST) as client:
@@ -436,7 +430,7 @@ def test_hanging_server_times_out_and_request_retries_elsewhere(engines: list[Cp
 
 
 def test_all_servers_down_raises_naming_every_url() -> None:
-    urls = [f"http://127.0.0.1:{_free_port()}" for _ in range(2)]  # bound, then closed: nothing listens
+    urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]  # bound, then closed: nothing listens
 
     async def run() -> None:
         async with RolloutClient(urls, max_attempts=3, backoff_s=0.05, health_timeout_s=1.0) as client:
@@ -452,7 +446,7 @@ def test_all_servers_down_raises_naming_every_url() -> None:
 @pytest.fixture
 def router(engines: list[CpuEngineProcess]) -> Iterator[str]:
     """The real sglang-router in front of both engines."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--worker-urls", *[e.url for e in engines], "--policy", "round_robin", "--log-level", "warn"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

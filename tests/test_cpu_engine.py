@@ -311,7 +311,8 @@ def test_abort_by_rid_returns_partial_tokens(engine: str) -> None:
         engine, "/generate", {"input_ids": PROMPTS[0], "rid": "to-abort", "sampling_params": LONG}
     )
     wait_until(lambda: get(engine, "/get_load")[0]["num_reqs"] == 1, what="the request to run")
-    time.sleep(0.2)
+    tokens = counters(engine)["generated_tokens"]
+    wait_until(lambda: counters(engine)["generated_tokens"] > tokens, what="a token generated for it")
     assert post(engine, "/abort_request", {"rid": "to-abort"})[0] == 200
     status, result = request.join()
     assert status == 200 and result["meta_info"]["id"] == "to-abort"
@@ -336,7 +337,7 @@ def test_pause_abort_returns_everything_and_gates_new_requests(engine: str) -> N
     waiting = Background(
         engine, "/generate", {"input_ids": PROMPTS[0], "sampling_params": {"max_new_tokens": 2}}
     )
-    time.sleep(0.5)
+    wait_until(lambda: counters(engine)["requests_at_gate"] == 1, what="the request held at the gate")
     assert not waiting.done, "a request sent while paused must wait for continue_generation"
     assert post(engine, "/flush_cache", {})[0] == 200
     assert post(engine, "/continue_generation", {})[1]["status"] == "ok"
@@ -398,8 +399,10 @@ def test_pause_keeping_requests_resumes_them_unchanged(engine: str, mode: str) -
         lambda: counters(engine)["generated_tokens"] > 0 and get(engine, "/get_load")[0]["num_reqs"] == 1
     )
     assert post(engine, "/pause_generation", {"mode": mode})[0] == 200
+    # a pause returns once the model's step in progress has finished: a second one returns after any step
+    # the server could have started since the first, so equal counts mean no step ran while paused
     frozen = counters(engine)["generated_tokens"]
-    time.sleep(0.3)
+    assert post(engine, "/pause_generation", {"mode": "in_place"})[0] == 200
     assert counters(engine)["generated_tokens"] == frozen and not request.done
     assert post(engine, "/continue_generation", {})[0] == 200
     _, result = request.join()

@@ -165,6 +165,21 @@ def balanced(c: dict) -> bool:
     return c["drawn"] == c["trained"] + c["filtered"] + c["queued"] + c["in_flight"]
 
 
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def engine_load(url: str) -> tuple[int, int]:
+    """(requests on the engine, of which waiting to be admitted)."""
+    load = _get(f"{url}/get_load")[0]
+    return load["num_reqs"], load["num_waiting_reqs"]
+
+
+def engine_generated_tokens(url: str) -> int:
+    return _get(f"{url}/get_server_info")["internal_states"][0]["generated_tokens"]
+
+
 def set_server_version(url: str, version: int) -> None:
     body = json.dumps({"new_version": str(version), "abort_all_requests": False}).encode()
     request = urllib.request.Request(
@@ -228,15 +243,16 @@ def test_admission_stops_at_the_window_budget_until_a_sync(pipeline, files, toy_
         return ray.get(queue.counts.remote())
 
     wait_until(lambda: counts()["queued"] == 2, what="the first window's 2 groups")
-    time.sleep(0.5)
-    assert counts()["drawn"] == 2
+    # the executor's own state says it cannot launch: no time to wait for a draw that cannot happen
     stats = ray.get(executor.stats.remote())
     assert stats["admission/throttled"] == 1.0 and stats["admission/remaining"] == 0
+    assert counts()["drawn"] == 2
 
     # a sync while both groups are still queued: they count against the new window, nothing launches
     ray.get(executor.pause.remote())
     ray.get(executor.resume.remote(1))
-    time.sleep(0.5)
+    stats = ray.get(executor.stats.remote())
+    assert stats["version"] == 1 and stats["admission/remaining"] == 0
     assert counts()["drawn"] == 2
 
     # the trainer takes them; after the next sync the window has room for 2 new prompts
@@ -245,11 +261,11 @@ def test_admission_stops_at_the_window_budget_until_a_sync(pipeline, files, toy_
     ray.get(executor.pause.remote())
     ray.get(executor.resume.remote(2))
     wait_until(lambda: counts()["queued"] == 2, what="the second window's groups")
-    time.sleep(0.3)
+    stats = ray.get(executor.stats.remote())
+    assert stats["admission/remaining"] == 0 and stats["version"] == 2
+    assert stats["admission/throttled_s"] > 0
     c = counts()
     assert c["drawn"] == 4 and balanced(c)
-    stats = ray.get(executor.stats.remote())
-    assert stats["admission/throttled_s"] >= 1.0 and stats["version"] == 2
 
     # budget used up, yet groups dropped as too stale are regenerated (they were admitted already)
     stale_uids = sorted(g.uid for g in ray.get(queue.state_dict.remote())["queued"])
@@ -285,7 +301,10 @@ def test_pause_resume_across_a_version_change(pipeline, files, toy_model_dir, en
     set_server_version(engine.url, 0)
     run = executor.run.remote()
     wait_until(lambda: ray.get(executor.stats.remote())["in_flight"] == 8, what="8 samples in flight")
-    time.sleep(0.3)
+    # all 8 running on the engine, then one more batched step: every one has tokens of version 0
+    wait_until(lambda: engine_load(engine.url) == (8, 0), what="the engine running all 8")
+    tokens = engine_generated_tokens(engine.url)
+    wait_until(lambda: engine_generated_tokens(engine.url) >= tokens + 8, what="a step of all 8")
     ray.get(executor.pause.remote())
     set_server_version(engine.url, 1)  # what ParamSync does between pause and resume
     ray.get(executor.resume.remote(1))

@@ -5,26 +5,12 @@ from __future__ import annotations
 
 import errno
 import multiprocessing as mp
-import random
 import socket
 
 import pytest
 import torch
 
-
-def _free_port() -> int:
-    """A free port below the ephemeral range. A port the kernel handed out (bind to 0) can be handed out
-    again, to any outgoing connection, before the rank that is to listen on it binds it."""
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        ephemeral_low = int(f.read().split()[0])
-    for port in random.sample(range(20000, min(ephemeral_low, 32768)), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
+from rllm_fully_async.servers.ports import free_port
 
 
 def _rank_main(rank: int, port: int, default_group_port: int | None, results: mp.Queue) -> None:
@@ -64,11 +50,11 @@ def test_two_processes_broadcast_over_two_named_groups() -> None:
     rank_with_default_group = 1
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [
         ctx.Process(
             target=_rank_main,
-            args=(rank, port, _free_port() if rank == rank_with_default_group else None, results),
+            args=(rank, port, free_port() if rank == rank_with_default_group else None, results),
         )
         for rank in range(2)
     ]
@@ -90,9 +76,9 @@ def test_bad_rank_is_rejected_before_any_rendezvous() -> None:
     from rllm_fully_async.sync.weight_update_group import init_weight_update_group
 
     with pytest.raises(ValueError, match="rank=2"):
-        init_weight_update_group("127.0.0.1", _free_port(), 2, 2, "g")
+        init_weight_update_group("127.0.0.1", free_port(), 2, 2, "g")
     with pytest.raises(ValueError, match="group_name"):
-        init_weight_update_group("127.0.0.1", _free_port(), 0, 2, "")
+        init_weight_update_group("127.0.0.1", free_port(), 0, 2, "")
 
 
 def _server_rank(ports: mp.Queue, results: mp.Queue) -> None:

@@ -474,6 +474,8 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens = max_prefill_tokens
         self.paused = False
+        # generate() calls held at the gate (paused, or a weight update pending), for /get_server_info
+        self.num_at_gate = 0
         self.weight_version = "default"
         self.last_progress_time = time.time()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu-engine-model")
@@ -500,7 +502,11 @@ class Scheduler:
     async def generate(self, reqs: list[GenerationRequest]) -> list[GenerationRequest]:
         """Admit ``reqs`` (after the gate opens) and wait until every one has finished."""
         async with self._gate:
-            await self._gate.wait_for(lambda: not self.paused and self._pending_updates == 0)
+            self.num_at_gate += 1
+            try:
+                await self._gate.wait_for(lambda: not self.paused and self._pending_updates == 0)
+            finally:
+                self.num_at_gate -= 1
         loop = asyncio.get_running_loop()
         futures = []
         rids = [req.rid for req in reqs]

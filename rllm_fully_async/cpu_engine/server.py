@@ -504,7 +504,13 @@ class CpuEngineServer:
                 "dp_size": 1,
                 "max_total_num_tokens": server.context_len * server.args.max_batch_size,
                 "max_req_input_len": server.context_len - 1,
-                "internal_states": [{**counters, "num_threads": torch.get_num_threads()}],
+                "internal_states": [
+                    {
+                        **counters,
+                        "num_threads": torch.get_num_threads(),
+                        "requests_at_gate": scheduler.num_at_gate,
+                    }
+                ],
                 "version": SGLANG_API_VERSION,
                 "engine": "rllm_fully_async.cpu_engine",
             }

@@ -4,6 +4,7 @@ the newest intact checkpoint instead of silently starting over."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -102,3 +103,11 @@ def test_resume_stops_when_no_checkpoint_is_intact(tmp_path):
         CheckpointError, match="trainer.resume_from_path=.*global_step_1.*truncated or corrupt"
     ):
         checkpoint.load_state_at(str(tmp_path / "global_step_1"))
+
+
+def test_a_failed_actor_save_names_the_directory_and_the_fix(tmp_path):
+    def full_disk() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(CheckpointError, match=f"could not save {tmp_path}/actor .*the disk is full"):
+        checkpoint.guarded(full_disk, f"{tmp_path}/actor")

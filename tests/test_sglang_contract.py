@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ from sglang_source import (
     fetch_wheel,
 )
 
+from rllm_fully_async.bench.engine import Engine
 from rllm_fully_async.paths import config_dir
 from rllm_fully_async.rollout.client import RolloutClient
 from rllm_fully_async.rollout.executor import ExecutorSettings
@@ -153,9 +156,10 @@ NORMAL_ANSWER = _generate_answer([7, 8], {"type": "length", "length": 2}, "3")
 QUEUED_ABORT_ANSWER = _generate_answer(
     [5, 6, 9], {"type": "abort", "message": "Abort in waiting queue"}, None
 )
-LOAD_ANSWER = [{"rid": None, "http_worker_ipc": None, "dp_rank": 0, "num_reqs": 2, "num_waiting_reqs": 1,
+LOAD_ANSWER = [{"rid": None, "http_worker_ipc": None, "dp_rank": 0, "num_reqs": 0, "num_waiting_reqs": 0,
                 "num_tokens": 40}]  # fmt: skip
 CONTROL_ANSWER = {"success": True, "message": "ok"}
+SERVER_INFO_ANSWER = {"internal_states": [{}], "version": "0.5.6"}
 
 
 class Recorder:
@@ -176,6 +180,8 @@ class Recorder:
             return web.json_response(NORMAL_ANSWER)
         if request.path == "/get_load":
             return web.json_response(LOAD_ANSWER)
+        if request.path == "/server_info":
+            return web.json_response(SERVER_INFO_ANSWER)
         if request.path in ("/health", "/abort_request"):
             return web.Response(status=200)
         if request.path == "/flush_cache":
@@ -211,7 +217,8 @@ WEIGHTS = [("model.embed_tokens.weight", "bfloat16", [8, 4]), ("model.norm.weigh
 
 @pytest.fixture(scope="module")
 def recorded(recorder: tuple[Recorder, str]) -> list[Recorded]:
-    """Every request the client, ParamSync and the launcher's health probe make, as they make them."""
+    """Every request the client, ParamSync, the launcher's health probe and the benchmark's engine (which
+    also measures SGLang on a GPU host) make, as they make them."""
     rec, url = recorder
     cfg = _config("fully_async_ppo_trainer", "data.train_files=/data/train.parquet")
     settings = ExecutorSettings.from_config(cfg)
@@ -233,6 +240,15 @@ def recorded(recorder: tuple[Recorder, str]) -> list[Recorded]:
 
     asyncio.run(client_calls())
     assert is_healthy(url)
+    engine = Engine(url, "/ckpt/initial")
+    try:
+        engine.reset()
+        deadline = time.monotonic() + 30
+        while not any(r.path == "/server_info" for r in rec.requests):  # its monitor's first poll
+            assert time.monotonic() < deadline, "the engine monitor never polled /server_info"
+            time.sleep(0.05)
+    finally:
+        engine.monitor.stop()
     for load_format in (None, "flattened_bucket"):
         sync = ParamSync(None, [url], gate=None, load_format=load_format, bucket_size_mb=64 / 2**20)
         sync.buckets = list(split_into_buckets(WEIGHTS, metadata_nbytes, 64))
@@ -251,6 +267,11 @@ def test_every_route_we_call_exists_in_sglang(sglang: SGLangSource, recorded: li
     used = {(r.method, r.path) for r in recorded}
     missing = [(m, p) for m, p in sorted(used) if p not in routes or m not in routes[p].methods]
     assert not missing, f"routes SGLang {sglang.wheel.name} does not serve: {missing}"
+    # A deprecated route (e.g. /get_server_info) logs a warning on every call and will go away.
+    deprecated = sorted(
+        p for _m, p in used if "deprecated" in ast.unparse(sglang.function(HTTP_SERVER, routes[p].handler))
+    )
+    assert not deprecated, f"routes SGLang {sglang.wheel.name} marks deprecated: {deprecated}"
     # Everything the sync and the rollout need was exercised.
     assert {p for _m, p in used} >= {
         "/generate", "/pause_generation", "/continue_generation", "/update_weights_from_disk",
@@ -327,6 +348,7 @@ def test_answers_have_only_fields_sglang_writes(sglang: SGLangSource) -> None:
     # The queued abort carries no weight version: the client must label its tokens itself.
     assert "weight_version" in normal and "weight_version" not in aborted
     assert set(LOAD_ANSWER[0]) == set(sglang.dataclass_fields("GetLoadReqOutput"))
+    assert set(SERVER_INFO_ANSWER) <= sglang.produced_keys(HTTP_SERVER, sglang.routes["/server_info"].handler)
     for route in ("/update_weights_from_distributed", "/init_weights_update_group", "/update_weight_version",
                   "/destroy_weights_update_group", "/update_weights_from_disk"):  # fmt: skip
         handler = sglang.routes[route].handler
@@ -355,8 +377,6 @@ def test_client_keeps_the_tokens_of_a_queued_abort(recorder: tuple[Recorder, str
 def test_the_weight_update_rendezvous_is_sglangs(sglang: SGLangSource) -> None:
     """Server rank = rank_offset + tp_rank; SGLang joins at f"tcp://{master_address}:{master_port}" with the
     address we send verbatim, which must be where our rank 0 hosts the store (IPv6: bracketed)."""
-    import ast
-
     from rllm_fully_async.cluster.addresses import rendezvous_host, tcp_url
 
     init = ast.unparse(sglang.function(MODEL_RUNNER, "ModelRunner.init_weights_update_group"))

@@ -28,7 +28,8 @@ def _http(url: str, body: dict | None = None, timeout_s: float = 60.0) -> Any:
 class EngineMonitor:
     """Samples the engine's work counters five times a second: when it generated, and how fast.
 
-    Reading them (``/get_server_info``) costs the engine well under 1% of a core.
+    Reading them (``/server_info``; SGLang 0.5.6 logs a deprecation warning for each ``/get_server_info``)
+    costs the engine well under 1% of a core.
     """
 
     def __init__(self, url: str, interval_s: float = 0.2) -> None:
@@ -46,7 +47,7 @@ class EngineMonitor:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                state = _http(f"{self.url}/get_server_info", timeout_s=5)["internal_states"][0]
+                state = _http(f"{self.url}/server_info", timeout_s=5)["internal_states"][0]
             except OSError:
                 continue
             if "forward_passes" not in state:  # a server without the CPU engine's work counters

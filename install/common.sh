@@ -142,6 +142,9 @@ plan_flash_attn() {
     [ "$parallel" -le "$cores" ] || parallel=$cores
     low=$(((n_archs * 50 + parallel - 1) / parallel))
     high=$(((n_archs * 80 + parallel - 1) / parallel))
+    # No faster than upstream's own figure: the slowest kernels compile one job each, whatever the cores.
+    [ "$low" -ge 3 ] || low=3
+    [ "$high" -ge 5 ] || high=5
     echo "flash-attn 2.8.3: compiled here for sm ${FLASH_ATTN_CUDA_ARCHS} with MAX_JOBS=$jobs ($cores cores, ${avail_gb} GB free):"
     echo "  expect roughly ${low}-${high} minutes (scaled from flash-attn's 3-5 minutes on 64 cores). $skip to avoid it."
 }

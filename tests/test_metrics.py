@@ -36,8 +36,14 @@ def test_summary_accumulates_steps() -> None:
     assert summary.staleness_mean == pytest.approx((0 * 8 + 2 * 8 + 1 * 16 + 1 * 16) / 48)
     assert summary.reward_first_last() == pytest.approx((0.3, (0.3 + 0.5 + 0.9) / 3))
     assert summary.sync_seconds == [0.2, 0.4, 0.4]
-    summary.finish({"async/trainer_idle_ratio": 0.25, "rollout/idle_ratio": 0.5}, {"drawn": 6, "trained": 6})
+    pipeline = {"async/trainer_idle_ratio": 0.25, "rollout/idle_ratio": 0.5}
+    summary.finish(
+        pipeline, {"drawn": 6, "trained": 6}, ["rollout_failed (uid=3, epoch=0): RuntimeError: boom"]
+    )
     text = summary.render()
+    assert text.endswith(
+        "last filtered prompts (why):\n  rollout_failed (uid=3, epoch=0): RuntimeError: boom"
+    )
     assert "steps: 4" in text and "staleness mean/max: 1.00/2" in text and "idle ratio: 0.250" in text
 
 

@@ -15,10 +15,10 @@ import torch
 from transformers import AutoModelForCausalLM
 from worker_helpers import actor_config, greedy_reference, ppo_batch
 
+from rllm_fully_async.bench.client_gate import ClientGate
 from rllm_fully_async.rollout.client import parse_weight_version
 from rllm_fully_async.servers.rollout_servers import CpuEngineProcess
 from rllm_fully_async.sync.param_sync import (
-    ClientGate,
     ParamSync,
     ParamSyncError,
     check_flattened_alignment,

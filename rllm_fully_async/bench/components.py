@@ -157,7 +157,8 @@ def bench_weight_sync(settings: BenchSettings, placement: Placement) -> dict[str
 def _weight_sync_row(model: Path, placement: Placement) -> dict[str, Any]:
     """Three syncs of one model through ParamSync in the configured load format, three tensor by tensor
     (the baseline), and the raw broadcast of the same bytes."""
-    from rllm_fully_async.sync.param_sync import ClientGate, ParamSync
+    from rllm_fully_async.bench.client_gate import ClientGate
+    from rllm_fully_async.sync.param_sync import ParamSync
     from rllm_fully_async.trainer.workers import create_actor_worker_group, shutdown_worker_group
 
     cfg = compose(

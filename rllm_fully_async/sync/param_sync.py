@@ -147,31 +147,6 @@ class EventLoopThread:
             self.loop.close()
 
 
-class ClientGate:
-    """A :class:`RolloutGate` over a :class:`RolloutClient`, for callers that generate through it directly.
-
-    The client lives on its own event loop thread; submit generation coroutines with :meth:`submit`.
-    """
-
-    def __init__(self, server_urls: list[str], *, timeout_s: float = 60.0, **client_kwargs: Any) -> None:
-        self._loop = EventLoopThread("rollout-gate")
-        self._timeout_s = timeout_s
-        self.client = RolloutClient(server_urls, **client_kwargs)
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return self._loop.submit(coro)
-
-    def pause(self) -> None:
-        self._loop.run(self.client.pause(), self._timeout_s, "pause_generation")
-
-    def resume(self, version: int) -> None:
-        self._loop.run(self.client.resume(version), self._timeout_s, "continue_generation")
-
-    def close(self) -> None:
-        self._loop.run(self.client.close(), self._timeout_s, "closing the rollout client")
-        self._loop.close()
-
-
 class ParamSync:
     """Pushes weights from a training worker group (``trainer.workers``) into rollout servers.
 

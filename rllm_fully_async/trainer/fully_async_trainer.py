@@ -180,7 +180,8 @@ class FullyAsyncTrainer:
             progress.close()
             ray.get(self.executor.stop.remote())
         counts = ray.get(self.queue.counts.remote())
-        self.summary.finish(self._pipeline_metrics(self._request_pipeline_metrics()), counts)
+        details = ray.get(self.queue.recent_filter_details.remote())
+        self.summary.finish(self._pipeline_metrics(self._request_pipeline_metrics()), counts, details)
         self._write_ledger(counts)
         return self.summary
 

@@ -68,6 +68,8 @@ class RunSummary:
     sync_seconds: list[float] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
+    # the queue's last few filter reasons with their details (e.g. a rollout's error), newest last
+    filter_details: list[str] = field(default_factory=list)
     # samples and tokens already counted when this process took over (a resume)
     resumed_samples: int = 0
     resumed_tokens: int = 0
@@ -82,9 +84,12 @@ class RunSummary:
         if "async/param_sync_s" in metrics:
             self.sync_seconds.append(float(metrics["async/param_sync_s"]))
 
-    def finish(self, pipeline_metrics: dict[str, Any], counts: dict[str, Any]) -> None:
+    def finish(
+        self, pipeline_metrics: dict[str, Any], counts: dict[str, Any], filter_details: Sequence[str] = ()
+    ) -> None:
         self.final = dict(pipeline_metrics)
         self.counts = dict(counts)
+        self.filter_details = list(filter_details)
 
     def reward_first_last(self, window: int = 3) -> tuple[float, float]:
         values = [r for _, r in self.rewards]
@@ -135,4 +140,7 @@ class RunSummary:
             f"staleness mean/max: {self.staleness_mean:.2f}/{self.staleness_max:.0f}   "
             f"param syncs: {len(syncs)}, mean {np.mean(syncs) if syncs else 0.0:.3f}s",
         ]
+        if self.filter_details:
+            lines.append("last filtered prompts (why):")
+            lines += [f"  {detail}" for detail in self.filter_details]
         return "\n".join(lines)

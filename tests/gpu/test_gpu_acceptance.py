@@ -73,8 +73,9 @@ def test_nccl_weight_sync_changes_greedy_output_to_the_trained_weights(
     """Greedy output before a sync is the checkpoint's; after an update and a NCCL sync, the trained one's."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rllm_fully_async.bench.client_gate import ClientGate
     from rllm_fully_async.servers.rollout_servers import RolloutServers, RolloutServerSpec
-    from rllm_fully_async.sync.param_sync import ClientGate, ParamSync
+    from rllm_fully_async.sync.param_sync import ParamSync
     from rllm_fully_async.trainer.workers import create_actor_worker_group, shutdown_worker_group
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -100,6 +100,13 @@ async def _wait_until_generating(urls: list[str], min_tokens: int = 4, timeout_s
         await asyncio.sleep(0.02)
 
 
+async def _until(predicate, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 def _logprobs_under(model_dir: Path, context: list[int], continuation: list[int]) -> list[float]:
     """Log-probs of ``continuation`` after ``context`` under ``model_dir`` (one teacher-forced pass)."""
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
@@ -304,7 +311,7 @@ def test_pause_gates_new_requests_until_resume(engines: list[CpuEngineProcess]) 
                 asyncio.create_task(client.generate([1, 80 + i], {"max_new_tokens": 8, **GREEDY}))
                 for i in range(4)
             ]
-            await asyncio.sleep(0.5)
+            await _until(lambda: client.waiting["at_gate"] == 4, "the 4 requests held at the gate")
             assert not any(t.done() for t in tasks)
             assert [s["sent"] for s in client.server_status()] == sent_before and client.in_flight == 0
             assert [_counters(u)["prefill_passes"] for u in urls] == served_before
@@ -385,7 +392,7 @@ def test_with_every_server_down_requests_wait_for_a_restart(toy_model_dir: Path,
                 for outcome in await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30):
                     assert isinstance(outcome, NoServerAvailableError)
                 return
-            await asyncio.sleep(1.5)
+            await _until(lambda: client.waiting["for_server"] == 3, "the 3 requests waiting for a server")
             assert not any(t.done() for t in tasks), "the requests must wait while no server is up"
             restarted.extend(await asyncio.to_thread(_start_engines, toy_model_dir, [port]))
             outs = await asyncio.wait_for(asyncio.gather(*tasks), 120)

@@ -257,6 +257,8 @@ class RolloutClient:
         self._version = 0
         self._resumed = asyncio.Event()
         self._resumed.set()
+        self._at_gate = 0
+        self._awaiting_server = 0
         self._dispatching = 0
         self._all_dispatched = asyncio.Event()
         self._all_dispatched.set()
@@ -447,12 +449,16 @@ class RolloutClient:
         Polls local state only: one health checker probes the servers, however many requests wait.
         """
         loop = asyncio.get_running_loop()
-        while loop.time() < deadline:
-            await asyncio.sleep(min(0.2, deadline - loop.time()))
-            await self._wait_resumed()
-            if (server := self._pick()) is not None:
-                return server
-        return None
+        self._awaiting_server += 1
+        try:
+            while loop.time() < deadline:
+                await asyncio.sleep(min(0.2, deadline - loop.time()))
+                await self._wait_resumed()
+                if (server := self._pick()) is not None:
+                    return server
+            return None
+        finally:
+            self._awaiting_server -= 1
 
     def _pick(self) -> _Server | None:
         """The server in rotation with the fewest requests in flight; ties go round-robin."""
@@ -472,6 +478,11 @@ class RolloutClient:
     def in_flight(self) -> int:
         """Generation requests currently sent and not yet answered."""
         return self._in_flight
+
+    @property
+    def waiting(self) -> dict[str, int]:
+        """Requests held back, by reason: ``at_gate`` (paused), ``for_server`` (none in rotation)."""
+        return {"at_gate": self._at_gate, "for_server": self._awaiting_server}
 
     async def pause(self) -> None:
         """Close the gate (no request is sent after this returns) and abort running requests on every server.
@@ -514,8 +525,14 @@ class RolloutClient:
             ) from None
 
     async def _wait_resumed(self) -> None:
-        while self._paused:
-            await self._resumed.wait()
+        if not self._paused:
+            return
+        self._at_gate += 1
+        try:
+            while self._paused:
+                await self._resumed.wait()
+        finally:
+            self._at_gate -= 1
 
     def _dispatch_finished(self) -> None:
         self._dispatching -= 1

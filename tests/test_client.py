@@ -199,7 +199,9 @@ def test_weight_sync_mid_generation_resumes_under_new_weights(
                 destroy_weight_update_group(group)
                 await client.resume()
                 await client.destroy_weights_update_group("test_sync")
-                await client.update_weights_from_disk(str(toy_model_dir), version=0)
+                for url in urls:  # the engines are shared: back to the toy weights for the next test
+                    body = {"model_path": str(toy_model_dir), "weight_version": "0"}
+                    await asyncio.to_thread(_post, f"{url}/update_weights_from_disk", body)
 
     outs = asyncio.run(run())
     for prompt, out in zip(prompts, outs, strict=True):
@@ -510,25 +512,3 @@ def test_concurrent_requests_spread_over_servers(engines: list[CpuEngineProcess]
             return [s["sent"] for s in client.server_status()]
 
     assert asyncio.run(run()) == [4, 4]
-
-
-def test_server_loads_counts_running_requests(engines: list[CpuEngineProcess]) -> None:
-    urls = [e.url for e in engines]
-
-    async def run() -> tuple[dict, dict]:
-        async with RolloutClient(urls) as client:
-            idle = await client.server_loads()
-            tasks = [
-                asyncio.create_task(
-                    client.generate([1, 140 + i], {"max_new_tokens": 600, "ignore_eos": True, **GREEDY})
-                )
-                for i in range(4)
-            ]
-            await _wait_until_generating(urls)
-            busy = await client.server_loads()
-            await asyncio.gather(*tasks)
-            return idle, busy
-
-    idle, busy = asyncio.run(run())
-    assert idle == {u: 0 for u in urls}
-    assert set(busy) == set(urls) and all(1 <= n <= 2 for n in busy.values())

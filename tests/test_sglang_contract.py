@@ -230,10 +230,8 @@ def recorded(recorder: tuple[Recorder, str]) -> list[Recorded]:
             await client.generate([1, 2, 3], {**settings.sampling_params, **greedy})
             await client.pause()
             await client.resume(3)
-            await client.update_weights_from_disk("/ckpt/step_3", version=3)
             await client.init_weights_update_group("127.0.0.1", 29500, 2, "g", "nccl")
             await client.destroy_weights_update_group("g")
-            await client.server_loads()
             await client._abort_quietly(client._servers[0], "rid-1")
             client._servers[0].up = False
             await client._probe_out_servers(client._servers)

@@ -550,13 +550,6 @@ class RolloutClient:
             "/update_weight_version", {"new_version": str(int(version)), "abort_all_requests": False}
         )
 
-    async def update_weights_from_disk(self, model_path: str, version: int | None = None) -> None:
-        """Reload weights from a checkpoint directory on every server (optionally setting the version)."""
-        payload: dict[str, Any] = {"model_path": model_path}
-        if version is not None:
-            payload["weight_version"] = str(int(version))
-        await self._broadcast("/update_weights_from_disk", payload)
-
     async def init_weights_update_group(
         self, master_address: str, master_port: int, world_size: int, group_name: str, backend: str
     ) -> None:
@@ -619,22 +612,6 @@ class RolloutClient:
     async def destroy_weights_update_group(self, group_name: str) -> None:
         """Make every reachable server leave the weight-update group ``group_name``."""
         await self._broadcast("/destroy_weights_update_group", {"group_name": group_name})
-
-    async def server_loads(self) -> dict[str, int]:
-        """Requests running or waiting on each server that answered ``/get_load``."""
-        session = self._ensure_started()
-
-        async def one(server: _Server) -> tuple[str, int] | None:
-            try:
-                async with session.get(f"{server.url}/get_load", timeout=self._health_timeout) as resp:
-                    if resp.status == 200:
-                        return server.url, parse_load(await resp.json(content_type=None))
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                logger.warning("/get_load on %s failed: %s", server.url, e)
-            return None
-
-        answers = await asyncio.gather(*(one(s) for s in self._servers))
-        return dict(a for a in answers if a is not None)
 
     def server_status(self) -> list[dict[str, Any]]:
         """Per endpoint (router first, if any): url, in rotation, requests in flight and sent, last error."""

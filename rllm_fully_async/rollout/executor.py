@@ -385,6 +385,13 @@ class RolloutExecutor:
             )
         if self._fatal is not None:
             parts.append(f"failed: {type(self._fatal).__name__}: {self._fatal}")
+        servers = ", ".join(
+            f"{s['url']} ({'up' if s['up'] else 'out of rotation'}, {s['in_flight']} in flight"
+            + (f", last error: {s['last_error']}" if s["last_error"] else "")
+            + ")"
+            for s in self._client.server_status()
+        )
+        parts.append(f"rollout servers: {servers}")
         return "; ".join(parts)
 
     async def stop(self) -> None:

@@ -105,9 +105,12 @@ class Validator:
         metrics["val/errors"] = sum(errors.values())
         metrics["val/param_version"] = version
         if errors:
-            print(
-                f"validation at version {version}: {sum(errors.values())} of {len(self.prompts) * self.n} "
-                f"samples failed ({dict(errors)} by data source) and are left out of the mean",
-                flush=True,
+            logger.warning(
+                "validation at version %d: %d of %d samples failed (%s by data source) and are left out of "
+                "the mean",
+                version,
+                sum(errors.values()),
+                len(self.prompts) * self.n,
+                dict(errors),
             )
         return metrics

@@ -39,6 +39,7 @@ ASYNC_KEYS = {
     "max_retries",
     "sample_timeout_s",
     "rollout_fn",
+    "group_filter",
     "queue_get_timeout_s",
     "param_sync_timeout_s",
     "weight_sync_bucket_mb",
@@ -380,6 +381,21 @@ def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
             "must be true with algorithm.rollout_correction.bypass_mode=true: with one mini-batch and one "
             "epoch verl otherwise replaces old_log_probs by the current ones, removing the correction",
         )
+    filter_groups = cfg.algorithm.get("filter_groups") or {}
+    if filter_groups.get("enable", False):
+        _require(
+            rollout.n >= 2,
+            "algorithm.filter_groups.enable",
+            f"needs actor_rollout_ref.rollout.n >= 2: with n={rollout.n} every group's rewards are equal and "
+            "every group would be filtered",
+        )
+    if cfg.async_training.group_filter is not None:
+        from rllm_fully_async.rollout.rollout_fn import load_function
+
+        try:
+            load_function(cfg.async_training.group_filter, "async_training.group_filter")
+        except (ValueError, ImportError, OSError, AttributeError) as e:
+            raise ConfigError(str(e)) from e
     _require(
         cfg.algorithm.adv_estimator in SUPPORTED_ESTIMATORS,
         "algorithm.adv_estimator",

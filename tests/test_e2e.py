@@ -210,3 +210,48 @@ def test_a_killed_rollout_server_is_restarted_rejoined_and_no_prompt_is_lost(tas
     assert steps[-1]["async/param_version"] == NUM_PROMPTS // 4  # every sync after the restart reached it
     final = ledger(tmp_path)["counts"]
     assert balanced(final) and final["drawn"] == final["trained"] == NUM_PROMPTS and final["filtered"] == 0
+
+
+ANY_DIGIT_REWARD = """
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    return float(any(ch.isdigit() for ch in solution_str))
+"""
+EVERY_THIRD_FILTER = """
+def every_third(group):
+    return "every_third" if int(group.uid) % 3 == 0 else None
+"""
+
+
+def test_dynamic_sampling_refills_every_batch_and_counts_what_it_filtered(task, tmp_path):
+    """DAPO filtering plus a user filter: filtered groups are counted under their reasons, the stream refills,
+    so every step but a last one at the end of the data trains required_samples groups."""
+    (tmp_path / "reward.py").write_text(ANY_DIGIT_REWARD)  # some groups mixed, some all equal
+    (tmp_path / "filters.py").write_text(EVERY_THIRD_FILTER)
+    run_main(
+        command(
+            task, tmp_path,
+            f"custom_reward_function.path={tmp_path}/reward.py",
+            "algorithm.filter_groups.enable=true",
+            f"async_training.group_filter={tmp_path}/filters.py:every_third",
+            "trainer.total_epochs=2",
+        ),
+        tmp_path,
+    )  # fmt: skip
+    steps = step_metrics(tmp_path)
+    final = ledger(tmp_path)
+    counts = final["counts"]
+    assert balanced(counts) and counts["drawn"] == 2 * NUM_PROMPTS and counts["in_flight"] == 0
+    by_reason = counts["filtered_by_reason"]
+    assert set(by_reason) <= {"no_learning_signal", "every_third"}
+    assert by_reason.get("no_learning_signal", 0) > 0 and by_reason.get("every_third", 0) > 0
+    assert counts["trained"] + counts["filtered"] == 2 * NUM_PROMPTS
+    trained = [int(uid) for per_epoch in final["trained_uids"].values() for uid in per_epoch]
+    assert trained and all(uid % 3 for uid in trained)
+    assert len(steps) == -(-counts["trained"] // 4) >= 2
+    for m in steps[:-1]:
+        assert m["async/batch_groups"] == 4, "a filtered group must be replaced from the stream"
+    terms = ("trained", "filtered", "queued", "in_flight")
+    for m in steps:
+        assert m["async/drawn"] == sum(m[f"async/{k}"] for k in terms)
+        assert 0 <= m["rollout/filter_rate"] < 1
+    assert steps[-1]["rollout/filter_rate"] > 0

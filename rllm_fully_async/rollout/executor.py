@@ -8,6 +8,8 @@ launching until the next weight sync. A sample whose rollout raises, or misses i
 (``sample_timeout_s``), is retried; after ``max_retries`` the whole prompt is reported filtered with the
 error, never trained as a smaller group. A reward that is not a finite number filters the prompt at once
 (``reward_guard``): it is never trained on.
+With dynamic sampling a finished group may be filtered too (``GroupFilter``); its admission slot goes back
+to the window, so the stream refills the batch.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import ray
 
 from rllm_fully_async.config_schema import with_base_defaults
+from rllm_fully_async.rollout.group_filter import GroupFilter
 from rllm_fully_async.rollout.reward_guard import InvalidReward, WatchedReward, check_reward, function_name
 from rllm_fully_async.rollout.rollout_fn import chat_prompt_ids, load_reward_fn, load_rollout_fn
 from rllm_fully_async.rollout.staleness import AdmissionController
@@ -68,6 +71,10 @@ class ExecutorSettings:
     sample_timeout_s: float | None
     rollout_fn: str | None
     custom_reward_function: dict[str, Any]
+    # Dynamic sampling: verl's algorithm.filter_groups.{enable, metric} and async_training.group_filter.
+    filter_groups: bool
+    filter_metric: str | None
+    group_filter: str | None
     # How long a request waits for a server to come back when none is in rotation: a restart's length.
     server_outage_timeout_s: float
     # rollout_servers.api_key: sent to servers started with --api-key.
@@ -83,6 +90,7 @@ class ExecutorSettings:
         reward = cfg.get("custom_reward_function") or {}
         if not reward.get("path"):
             reward = (cfg.get("reward") or {}).get("custom_reward_function") or reward
+        filter_groups = cfg["algorithm"]["filter_groups"]
         return cls(
             train_files=[files] if isinstance(files, str) else list(files),
             tokenizer_path=data.get("tokenizer") or cfg["actor_rollout_ref"]["model"]["path"],
@@ -105,6 +113,9 @@ class ExecutorSettings:
             sample_timeout_s=float(a["sample_timeout_s"]) if a["sample_timeout_s"] else None,
             rollout_fn=a["rollout_fn"],
             custom_reward_function=dict(reward),
+            filter_groups=bool(filter_groups["enable"]),
+            filter_metric=filter_groups["metric"],
+            group_filter=a["group_filter"],
             server_outage_timeout_s=float(cfg["rollout_servers"]["startup_timeout_s"]),
             api_key=cfg["rollout_servers"]["api_key"],
         )
@@ -208,6 +219,7 @@ class RolloutExecutor:
         self._tokenizer = AutoTokenizer.from_pretrained(s.tokenizer_path)
         self._rollout_fn = load_rollout_fn(s.rollout_fn)
         self._reward_fn = load_reward_fn(s.custom_reward_function)
+        self._group_filter = GroupFilter(s.filter_groups, s.filter_metric, s.group_filter)
         self._client = RolloutClient(
             server_urls, outage_timeout_s=s.server_outage_timeout_s, api_key=s.api_key
         )
@@ -248,6 +260,7 @@ class RolloutExecutor:
                 "prompts_too_long",
                 "prompts_failed",
                 "groups_done",
+                "groups_filtered",
                 "samples_done",
                 "sample_retries",
                 "response_tokens",
@@ -347,6 +360,7 @@ class RolloutExecutor:
         start = self._run_started_at
         wall = ((self._run_ended_at or time.monotonic()) - start) if start is not None else 0.0
         samples = c["samples_done"]
+        finished = c["groups_done"] + c["groups_filtered"]
         out = {
             **c,
             "wall_s": wall,
@@ -362,6 +376,8 @@ class RolloutExecutor:
             "version_span_mean": c["version_span_sum"] / samples if samples else 0.0,
             "partial_rollout_fraction": c["samples_spanning_versions"] / samples if samples else 0.0,
             "num_aborts_mean": c["num_aborts_sum"] / samples if samples else 0.0,
+            # dynamic sampling: the share of finished groups filtered instead of trained
+            "filter_rate": c["groups_filtered"] / finished if finished else 0.0,
         }
         out.update(self._admission.stats())
         return out
@@ -640,6 +656,16 @@ class RolloutExecutor:
             created_at=run.created_at,
             finished_at=time.time(),
         )
+        if self._group_filter.active:
+            verdict = await self._group_filter.reason(group)
+            if verdict is not None:
+                await self._queue.report_filtered.remote(prompt.uid, prompt.epoch, *verdict)
+                del self._groups[(prompt.epoch, prompt.uid)]
+                self._admission.on_release()  # the stream refills: the batch still gets its groups
+                self._counters["groups_filtered"] += 1
+                self._failed_in_a_row = 0
+                self._wake.set()
+                return
         start = time.monotonic()
         self._puts_waiting += 1  # a full queue holds back new launches: back-pressure on generation
         try:

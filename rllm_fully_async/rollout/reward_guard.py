@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+from rllm_fully_async.rollout.offload import call
+
 
 class InvalidReward(ValueError):
     """A reward that is not a finite real number; the message names the function that produced it."""
@@ -42,13 +44,6 @@ def check_reward(value: Any, source: str) -> float:
     if not math.isfinite(number):
         raise InvalidReward(f"{source} returned the non-finite reward {number}")
     return number
-
-
-def is_async(fn: Callable) -> bool:
-    """Whether calling ``fn`` gives an awaitable (async functions, also behind ``partial`` / wrappers)."""
-    while isinstance(fn, partial | WatchedReward):
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 class WatchedReward:
@@ -95,7 +90,4 @@ class WatchedReward:
 async def call_reward(reward_fn: Callable, **kwargs: Any) -> Any:
     """Call ``reward_fn``; a synchronous one runs in a thread, so one that hangs holds only its own sample
     (which then misses its deadline) and not every rollout sharing the event loop."""
-    if is_async(reward_fn):
-        return await reward_fn(**kwargs)
-    result = await asyncio.to_thread(reward_fn, **kwargs)
-    return await result if inspect.isawaitable(result) else result
+    return await call(reward_fn, **kwargs)

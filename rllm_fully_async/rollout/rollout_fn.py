@@ -56,6 +56,31 @@ async def single_turn_chat(
     prompt_ids = chat_prompt_ids(tokenizer, prompt)
     out = await client.generate(prompt_ids, sampling_params, partial_rollout=partial_rollout)
     solution = tokenizer.decode(out.token_ids, skip_special_tokens=True)
+    score, extra = await score_response(reward_fn, data_source, solution, reward_model, extra_info)
+    return Sample(
+        prompt_ids=prompt_ids,
+        response_ids=list(out.token_ids),
+        response_logprobs=list(out.logprobs),
+        reward=score,
+        finish_reason=out.finish_reason,
+        min_version=out.min_version,
+        max_version=out.max_version,
+        num_aborts=out.num_aborts,
+        extra=extra,
+    )
+
+
+async def score_response(
+    reward_fn: RewardFn,
+    data_source: str,
+    solution: str,
+    reward_model: Mapping[str, Any] | None,
+    extra_info: Mapping[str, Any] | None,
+) -> tuple[float, dict[str, Any]]:
+    """The checked reward of ``solution`` and the reward function's other outputs (for ``Sample.extra``).
+
+    A synchronous reward function runs in a thread, so one that hangs holds only its own sample.
+    """
     ground_truth = (reward_model or {}).get("ground_truth")
     score = await call_reward(
         reward_fn,
@@ -71,17 +96,7 @@ async def single_turn_chat(
             raise InvalidReward(f"{source} returned a dict without a 'score' key: {sorted(score)}")
         extra = {k: v for k, v in score.items() if k != "score"}
         score = score["score"]
-    return Sample(
-        prompt_ids=prompt_ids,
-        response_ids=list(out.token_ids),
-        response_logprobs=list(out.logprobs),
-        reward=check_reward(score, source),
-        finish_reason=out.finish_reason,
-        min_version=out.min_version,
-        max_version=out.max_version,
-        num_aborts=out.num_aborts,
-        extra=extra,
-    )
+    return check_reward(score, source), extra
 
 
 def _load_file_module(path: str, key: str) -> Any:
@@ -123,6 +138,24 @@ def load_reward_fn(custom_reward_function: Mapping[str, Any] | None) -> RewardFn
     return partial(fn, **reward_kwargs) if reward_kwargs else fn
 
 
+def load_function(spec: str | Callable, key: str) -> Callable:
+    """The function named by ``spec`` (config key ``key``): ``"package.module:function"`` or
+    ``"/path/file.py:function"``; a callable is returned as is."""
+    if callable(spec):
+        return spec
+    target, sep, name = str(spec).rpartition(":")
+    if not sep or not target or not name:
+        raise ValueError(f"{key}={spec!r}: expected 'package.module:function' or '/path/to/file.py:function'")
+    if target.endswith(".py") or os.sep in target:
+        module = _load_file_module(target, key)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise ImportError(f"{key}={spec!r}: cannot import {target!r}: {e}") from e
+    return _get_function(module, name, repr(target), key)
+
+
 def load_rollout_fn(spec: str | RolloutFn | None) -> RolloutFn:
     """The rollout function named by ``spec``: ``"package.module:function"`` or ``"/path/file.py:function"``.
 
@@ -130,23 +163,7 @@ def load_rollout_fn(spec: str | RolloutFn | None) -> RolloutFn:
     """
     if spec is None:
         return single_turn_chat
-    if callable(spec):
-        fn = spec
-    else:
-        target, sep, name = str(spec).rpartition(":")
-        if not sep or not target or not name:
-            raise ValueError(
-                f"async_training.rollout_fn={spec!r}: expected 'package.module:function' or "
-                "'/path/to/file.py:function'"
-            )
-        if target.endswith(".py") or os.sep in target:
-            module = _load_file_module(target, "async_training.rollout_fn")
-        else:
-            try:
-                module = importlib.import_module(target)
-            except ImportError as e:
-                raise ImportError(f"async_training.rollout_fn={spec!r}: cannot import {target!r}: {e}") from e
-        fn = _get_function(module, name, repr(target), "async_training.rollout_fn")
+    fn = load_function(spec, "async_training.rollout_fn")
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(
             f"async_training.rollout_fn: {getattr(fn, '__name__', fn)!r} must be an async function "

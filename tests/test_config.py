@@ -68,6 +68,8 @@ def test_valid_cpu_config_passes(cpu_cfg):
             "actor_rollout_ref.actor.policy_loss.loss_mode=decoupled_ppo",
             "algorithm.rollout_correction.rollout_is",
         ),
+        ("async_training.group_filter=/nonexistent/filters.py:keep", "async_training.group_filter"),
+        ("async_training.group_filter=no_colon", "async_training.group_filter"),
     ],
 )
 def test_bad_values_name_the_key(cpu_cfg, override, key):
@@ -76,6 +78,18 @@ def test_bad_values_name_the_key(cpu_cfg, override, key):
         dotted, value = override.lstrip("+").split("=", 1)
         OmegaConf.update(cfg, dotted, yaml.safe_load(value), force_add=True)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg, has_cuda=False)
+
+
+def test_dynamic_sampling_needs_several_samples_per_prompt(cpu_cfg):
+    cfg = cpu_cfg.copy()
+    with open_dict(cfg):
+        cfg.algorithm.filter_groups.enable = True
+        validate(cfg, has_cuda=False)
+        cfg.actor_rollout_ref.rollout.n = 1
+    with pytest.raises(
+        ConfigError, match=r"algorithm\.filter_groups\.enable: needs actor_rollout_ref\.rollout\.n >= 2"
+    ):
         validate(cfg, has_cuda=False)
 
 

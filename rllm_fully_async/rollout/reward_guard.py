@@ -14,7 +14,6 @@ the function it was stuck in.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import math
 import numbers

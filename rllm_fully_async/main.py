@@ -36,22 +36,33 @@ CPU_DEFAULT_CONFIG = "fully_async_ppo_cpu"
 
 
 TOY = "toy"
+# The tool-use variant: the toy model with single-token tool-call tags, and the calculator task.
+TOY_TOOLS = "toy_tools"
 
 
 def fill_toy_defaults(cfg: DictConfig) -> None:
-    """Build the offline toy model and task data where the config names them with the value ``toy``."""
+    """Build the offline toy model and task data where the config names them with the value ``toy``
+    (the "Say 7" task) or ``toy_tools`` (the calculator task, with the tool-call tokens in the model)."""
     base = Path(os.path.expanduser(cfg.trainer.default_local_dir)).resolve().parent / "toy_assets"
     with open_dict(cfg):
-        if cfg.actor_rollout_ref.model.path == TOY:
+        model_path = cfg.actor_rollout_ref.model.path
+        if model_path in (TOY, TOY_TOOLS):
             from rllm_fully_async.toy import model as toy_model
 
-            cfg.actor_rollout_ref.model.path = str(toy_model.ensure_built(base / "model"))
-        if TOY in (cfg.data.train_files, cfg.data.val_files):
-            from rllm_fully_async.toy import task as toy_task
+            tools = model_path == TOY_TOOLS
+            out = base / ("model_tools" if tools else "model")
+            cfg.actor_rollout_ref.model.path = str(toy_model.ensure_built(out, tool_tokens=tools))
+        for name in (TOY, TOY_TOOLS):
+            if name not in (cfg.data.train_files, cfg.data.val_files):
+                continue
+            if name == TOY:
+                from rllm_fully_async.toy import task as toy_task
+            else:
+                from rllm_fully_async.toy import tool_task as toy_task
 
             train, val = toy_task.ensure_dataset(base / "data")
-            cfg.data.train_files = train if cfg.data.train_files == TOY else cfg.data.train_files
-            cfg.data.val_files = val if cfg.data.val_files == TOY else cfg.data.val_files
+            cfg.data.train_files = train if cfg.data.train_files == name else cfg.data.train_files
+            cfg.data.val_files = val if cfg.data.val_files == name else cfg.data.val_files
             if cfg.custom_reward_function.path is None:
                 cfg.custom_reward_function.path = toy_task.__file__
                 cfg.custom_reward_function.name = "compute_score"

@@ -26,6 +26,9 @@ class Sample:
     num_aborts: int = 0
     # 1 = token produced by the policy; multi-turn rollouts may mask tool output with 0. Default: all 1.
     response_mask: list[int] | None = None
+    # The weight version that generated each response token (-1 for tokens not generated, such as tool
+    # output); optional, min_version / max_version are what staleness uses.
+    token_versions: list[int] | None = None
     # Per-sample information a rollout function wants logged; must be picklable.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -37,6 +40,10 @@ class Sample:
             raise ValueError(
                 f"Sample: response_ids ({n}), response_logprobs ({len(self.response_logprobs)}) and "
                 f"response_mask ({len(self.response_mask)}) must have the same length"
+            )
+        if self.token_versions is not None and len(self.token_versions) != n:
+            raise ValueError(
+                f"Sample: token_versions ({len(self.token_versions)}) and response_ids ({n}) differ"
             )
         if self.min_version > self.max_version:
             raise ValueError(f"Sample: min_version {self.min_version} > max_version {self.max_version}")

@@ -16,6 +16,9 @@ from pathlib import Path
 
 IM_START, IM_END, ENDOFTEXT, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<pad>"
 SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END, PAD]
+# Single tokens for the tool-call tags, added as Qwen2.5's tokenizer has them: not special, so decoded
+# text keeps them (the tool-use task's model only).
+TOOL_CALL_TOKENS = ["<tool_call>", "</tool_call>"]
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -48,9 +51,12 @@ def _training_corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 320):
-    """A byte-level BPE tokenizer with a ChatML template; EOS is ``<|im_end|>``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tokenizer(vocab_size: int = 320, tool_tokens: bool = False):
+    """A byte-level BPE tokenizer with a ChatML template; EOS is ``<|im_end|>``.
+
+    ``tool_tokens`` adds ``<tool_call>`` and ``</tool_call>`` as single (non-special) tokens.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
@@ -63,6 +69,8 @@ def build_tokenizer(vocab_size: int = 320):
         show_progress=False,
     )
     core.train_from_iterator(_training_corpus(), trainer=trainer)
+    if tool_tokens:
+        core.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_CALL_TOKENS])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         eos_token=IM_END,
@@ -103,26 +111,28 @@ def build_model(tokenizer, seed: int = 0, **shape: int):
     return model
 
 
-def build(out: str | os.PathLike, seed: int = 0, **shape: int) -> Path:
+def build(out: str | os.PathLike, seed: int = 0, tool_tokens: bool = False, **shape: int) -> Path:
     """Write tokenizer + model to ``out`` (created if needed) and return the path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(tool_tokens=tool_tokens)
     model = build_model(tokenizer, seed=seed, **shape)
     tokenizer.save_pretrained(out)
     model.save_pretrained(out, safe_serialization=True)
-    (out / "toy_model.json").write_text(json.dumps({"seed": seed, **DEFAULT_MODEL_SHAPE, **shape}) + "\n")
+    marker = {"seed": seed, "tool_tokens": tool_tokens, **DEFAULT_MODEL_SHAPE, **shape}
+    (out / "toy_model.json").write_text(json.dumps(marker) + "\n")
     return out
 
 
-def ensure_built(out: str | os.PathLike, seed: int = 0) -> Path:
-    """Build the toy model at ``out`` unless a complete one with this seed is already there."""
+def ensure_built(out: str | os.PathLike, seed: int = 0, tool_tokens: bool = False) -> Path:
+    """Build the toy model at ``out`` unless a complete one with these settings is already there."""
     out = Path(out)
     marker = out / "toy_model.json"
     if marker.exists() and (out / "model.safetensors").exists():
-        if json.loads(marker.read_text()).get("seed") == seed:
+        built = json.loads(marker.read_text())
+        if built.get("seed") == seed and built.get("tool_tokens", False) == tool_tokens:
             return out
-    return build(out, seed=seed)
+    return build(out, seed=seed, tool_tokens=tool_tokens)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -248,7 +248,8 @@ class MessageQueue:
         }
 
     async def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore into a fresh queue. In-flight prompts lost their partial generations: all re-queued."""
+        """Restore into a fresh queue. In-flight prompts are all re-queued; the executor continues their
+        partial generations from its own saved state."""
         async with self._cond:
             if self._drawn:
                 raise RuntimeError("load_state_dict needs a fresh MessageQueue (prompts were already drawn)")

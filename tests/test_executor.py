@@ -394,3 +394,52 @@ def test_loaders_give_clear_errors(files, tmp_path):
         load_prompts([str(files["data"])], "question")
     prompts = load_prompts([str(files["data"])], "prompt")
     assert [p.uid for p in prompts[:3]] == ["100", "101", "102"]
+
+
+def test_a_resumed_run_continues_the_partial_generations_of_its_checkpoint(pipeline, files, toy_model_dir):
+    """Nothing generated before a checkpoint is generated again: finished samples of unfinished groups are
+    kept, and every partial generation continues from its saved tokens, log-probs and versions."""
+    cfg = config(
+        files,
+        toy_model_dir,
+        data="small",
+        n=2,
+        max_response_length=200,
+        max_concurrency=8,
+        rollout_fn=f"{files['rollout']}:to_the_limit",
+    )
+    queue, executor = pipeline(cfg, max_queue_size=4)
+    queue2, executor2 = pipeline(cfg, max_queue_size=4)
+    run = executor.run.remote()
+    wait_until(lambda: ray.get(executor.stats.remote())["in_flight"] == 8, what="8 samples in flight")
+    time.sleep(
+        1.0
+    )  # let them generate some tokens; none of the 200-token generations can finish in this time
+    ray.get(executor.pause.remote())
+    state = {"executor": ray.get(executor.state_dict.remote()), "queue": ray.get(queue.state_dict.remote())}
+    ray.get(executor.stop.remote())  # the run is lost, its servers' pause lifted as a restart would
+    ray.get(run, timeout=30)
+    ray.get(executor.resume.remote(0))
+
+    saved = {
+        (key, i): list(p.generation.token_ids)
+        for key, entry in state["executor"]["partial"].items()
+        for i, p in enumerate(entry["progress"])
+        if p is not None and p.generation is not None and p.generation.token_ids
+    }
+    assert saved, "the checkpoint must hold partial generations"
+    assert all(len(tokens) < 200 for tokens in saved.values())
+
+    ray.get(queue2.load_state_dict.remote(state["queue"]))
+    ray.get(executor2.load_state_dict.remote(state["executor"]))
+    run2 = executor2.run.remote()
+    groups = {g.key: g for g in drain(queue2, 2)}
+    stats = ray.get(run2, timeout=60)
+    for (key, i), tokens in saved.items():
+        sample = groups[key].samples[i]
+        assert sample.response_ids[: len(tokens)] == tokens, "the resumed sample carries the saved tokens"
+        assert len(sample.response_ids) == 200, "and generates only the rest of its budget"
+    assert stats["resumed_tokens"] == sum(len(t) for t in saved.values())
+    assert stats["resumed_samples"] >= len(saved)
+    c = ray.get(queue2.counts.remote())
+    assert balanced(c) and c["trained"] == 4 and c["filtered"] == 0

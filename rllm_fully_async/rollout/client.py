@@ -279,8 +279,13 @@ class RolloutClient:
         *,
         partial_rollout: bool = True,
         resume_on_abort: bool = True,
+        out: GenerationOutput | None = None,
     ) -> GenerationOutput:
         """Generate one response for ``prompt_ids``.
+
+        ``out``: the generation is recorded into this object as it goes, and one that already holds tokens
+        is continued (a generation saved with a checkpoint, resumed): whoever holds it can read the
+        tokens so far while the servers are paused.
 
         ``partial_rollout=True``: after an abort (a pause for weight sync) wait for :meth:`resume`, then
         continue from prompt + tokens so far with the remaining ``max_new_tokens``; chunks record versions.
@@ -298,7 +303,10 @@ class RolloutClient:
         # The whole response's budget; None leaves it to the server (up to the context length).
         budget = sampling_params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
         min_new = int(sampling_params.get("min_new_tokens") or 0)
-        out = GenerationOutput(prompt_ids, [], [], [], finish_reason="length")
+        if out is None:
+            out = GenerationOutput(prompt_ids, [], [], [], finish_reason="length")
+        elif out.prompt_ids != prompt_ids:
+            raise ValueError("generate(out=...): out holds a generation for another prompt")
         idle_aborts = 0
         while True:
             params = dict(sampling_params)

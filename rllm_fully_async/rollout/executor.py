@@ -15,6 +15,7 @@ to the window, so the stream refills the batch.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import time
@@ -31,7 +32,7 @@ from rllm_fully_async.rollout.reward_guard import InvalidReward, WatchedReward, 
 from rllm_fully_async.rollout.rollout_fn import chat_prompt_ids, load_reward_fn, load_rollout_fn
 from rllm_fully_async.rollout.staleness import AdmissionController
 from rllm_fully_async.rollout.state_timer import StateTimer
-from rllm_fully_async.rollout.trajectory import Prompt, Sample, TrajectoryGroup
+from rllm_fully_async.rollout.trajectory import Prompt, Sample, SampleProgress, TrajectoryGroup
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class ExecutorSettings:
     staleness_threshold: float
     trigger_parameter_sync_step: int
     partial_rollout: bool
+    # Partial generations saved with a checkpoint are continued after resume only within this bound.
+    max_staleness: int | None
     max_concurrency: int
     max_retries: int
     # Per attempt of one sample (rollout and reward function together); None: no deadline.
@@ -108,6 +111,7 @@ class ExecutorSettings:
             staleness_threshold=float(a["staleness_threshold"]),
             trigger_parameter_sync_step=int(a["trigger_parameter_sync_step"]),
             partial_rollout=bool(a["partial_rollout"]),
+            max_staleness=None if a["max_staleness"] is None else int(a["max_staleness"]),
             max_concurrency=int(a["max_concurrency"]),
             max_retries=int(a["max_retries"]),
             sample_timeout_s=float(a["sample_timeout_s"]) if a["sample_timeout_s"] else None,
@@ -167,6 +171,15 @@ def load_prompts(files: list[str], prompt_key: str) -> list[Prompt]:
     return [Prompt(str(indices[i]) if use_index else str(i), 0, row) for i, row in enumerate(rows)]
 
 
+def _takes_progress(fn: Any) -> bool:
+    """Whether the rollout function accepts ``progress`` (by name or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "progress" or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def _first(batch: list) -> Any:
     return batch[0]
 
@@ -178,6 +191,8 @@ class _GroupRun:
     prompt: Prompt
     launch_version: int
     samples: list[Sample | None]
+    # What each unfinished sample has produced so far (rollout functions that take ``progress``).
+    progress: list[SampleProgress | None] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
     tasks: set[asyncio.Task] = field(default_factory=set)
     failed: bool = False
@@ -240,6 +255,8 @@ class RolloutExecutor:
         self._wake = asyncio.Event()
         self._draw_lock = asyncio.Lock()
         self._groups: dict[tuple[int, str], _GroupRun] = {}
+        self._restored: dict[tuple[int, str], dict[str, list]] = {}
+        self._takes_progress = _takes_progress(self._rollout_fn)
         self._pending: deque[tuple[_GroupRun, int]] = deque()
         self._tasks: set[asyncio.Task] = set()
         self._requeue_poll: asyncio.Future | None = None
@@ -270,6 +287,9 @@ class RolloutExecutor:
                 "version_span_max",
                 "samples_spanning_versions",
                 "num_aborts_sum",
+                "resumed_samples",
+                "resumed_tokens",
+                "resumed_discarded_stale",
             ],
             0,
         )
@@ -332,14 +352,25 @@ class RolloutExecutor:
         self._wake.set()
 
     def state_dict(self) -> dict[str, Any]:
-        """Dataloader position, epoch and version. Call while paused, together with the queue's state."""
+        """Dataloader position, epoch, version, and the partial generations of the prompts in flight (their
+        finished samples and what the unfinished ones produced so far). Call while paused, together with the
+        queue's state: the servers are idle then, so every generation's tokens so far are in its progress."""
         if not self._paused and self._started:
             raise RuntimeError("RolloutExecutor.state_dict() needs the executor paused: call pause() first")
+        partial = {
+            key: {
+                "samples": list(run.samples),
+                "progress": [p.snapshot() if p is not None else None for p in run.progress],
+            }
+            for key, run in self._groups.items()
+            if not run.failed
+        }
         return {
             "epoch": self._epoch,
             "loader": self._loader.state_dict() if self._loader is not None else None,
             "exhausted": self._exhausted,
             "version": self._version,
+            "partial": partial,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -353,6 +384,8 @@ class RolloutExecutor:
         if self._loader is not None and state["loader"] is not None:
             self._loader.load_state_dict(state["loader"])
         self._loader_iter = None
+        # Continued when the queue hands their prompts back (it re-queues every prompt in flight).
+        self._restored = dict(state.get("partial") or {})
 
     def stats(self) -> dict[str, float]:
         """Throughput, idle ratio, admission and partial-rollout statistics since ``run()`` started."""
@@ -516,9 +549,55 @@ class RolloutExecutor:
         return None
 
     def _begin(self, prompt: Prompt) -> None:
-        run = _GroupRun(prompt, self._version, [None] * self.settings.n)
+        n = self.settings.n
+        run = _GroupRun(prompt, self._version, [None] * n, [None] * n)
         self._groups[(prompt.epoch, prompt.uid)] = run
-        self._pending.extend((run, i) for i in range(self.settings.n))
+        saved = self._restored.pop((prompt.epoch, prompt.uid), None)
+        if saved is not None:
+            self._restore(run, saved)
+        if run.complete:  # every sample had finished before the checkpoint: only the put was left
+            self._start_finish(run)
+            return
+        self._pending.extend((run, i) for i in range(n) if run.samples[i] is None)
+
+    def _restore(self, run: _GroupRun, saved: dict[str, list]) -> None:
+        """Take back a prompt's finished samples and partial generations from a checkpoint. A partial one
+        whose oldest token is past ``max_staleness`` (or any from an older version, without partial
+        rollout) is generated again instead."""
+        s = self.settings
+        for i, (sample, progress) in enumerate(zip(saved["samples"], saved["progress"], strict=True)):
+            if sample is not None:
+                run.samples[i] = sample
+                self._counters["resumed_samples"] += 1
+                continue
+            versions = progress.generated_versions if progress is not None else []
+            if not versions:
+                continue
+            oldest = min(versions)
+            if (s.max_staleness is not None and self._version - oldest > s.max_staleness) or (
+                not s.partial_rollout and set(versions) != {self._version}
+            ):
+                self._counters["resumed_discarded_stale"] += 1
+                continue
+            progress.restored_tokens = len(versions)
+            run.progress[i] = progress
+            self._counters["resumed_samples"] += 1
+            self._counters["resumed_tokens"] += len(versions)
+
+    def _start_finish(self, run: _GroupRun) -> None:
+        async def finish() -> None:
+            try:
+                await self._finish_group(run)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:
+                if self._fatal is None:
+                    self._fatal = e
+                self._wake.set()
+
+        task = asyncio.get_running_loop().create_task(finish())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _start_sample(self, run: _GroupRun, index: int) -> None:
         self._running += 1
@@ -560,7 +639,7 @@ class RolloutExecutor:
     async def _sample_task(self, run: _GroupRun, index: int) -> None:
         try:
             try:
-                outcome = await self._attempts(run)
+                outcome = await self._attempts(run, index)
             finally:
                 self._running -= 1
                 self._wake.set()
@@ -578,7 +657,7 @@ class RolloutExecutor:
                 self._fatal = e
             self._wake.set()
 
-    async def _attempts(self, run: _GroupRun) -> Sample | BaseException:
+    async def _attempts(self, run: _GroupRun, index: int) -> Sample | BaseException:
         """Call the rollout function, retrying on errors; returns the sample or the last error."""
         prompt = run.prompt
         kwargs = {
@@ -594,11 +673,19 @@ class RolloutExecutor:
             if run.failed:
                 break
             reward = WatchedReward(self._reward_fn)
+            extra = {}
+            if self._takes_progress:
+                # a retry starts over; the first attempt continues a generation restored from a checkpoint
+                if run.progress[index] is None or attempt > 0:
+                    run.progress[index] = SampleProgress()
+                extra["progress"] = run.progress[index]
             key = id(reward)
             self._active[key] = (prompt.uid, time.monotonic(), reward)
             try:
                 sample = await asyncio.wait_for(
-                    self._rollout_fn(self._client, self._tokenizer, **{**kwargs, "reward_fn": reward}),
+                    self._rollout_fn(
+                        self._client, self._tokenizer, **{**kwargs, "reward_fn": reward, **extra}
+                    ),
                     timeout=self.settings.sample_timeout_s,
                 )
             except asyncio.CancelledError:

@@ -30,9 +30,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from rllm_fully_async.rollout.client import GenerationOutput
 from rllm_fully_async.rollout.rollout_fn import RewardFn, score_response
 from rllm_fully_async.rollout.tools import TOOL_CALL_END, Tool, find_tool_call, parse_tool_call, run_tool_call
-from rllm_fully_async.rollout.trajectory import Sample
+from rllm_fully_async.rollout.trajectory import Sample, SampleProgress
 
 # Stands in for an assistant turn's text when rendering the template around it (no template alters it).
 _PLACEHOLDER = "\x00ASSISTANT-TURN\x00"
@@ -108,6 +109,30 @@ def _versions(out: Any) -> list[int]:
     return [chunk.version for chunk in out.chunks for _ in chunk.token_ids]
 
 
+def _fresh_state() -> dict[str, Any]:
+    return {
+        "response_ids": [],
+        "response_logprobs": [],
+        "response_mask": [],
+        "token_versions": [],
+        "tool_calls": [],
+        "turns": 0,
+        "num_aborts": 0,
+        "finish_reason": "length",
+        "final_turn": [],
+        "pending_call": None,  # the body of a call whose tool has not returned yet
+    }
+
+
+def _append(
+    state: dict[str, Any], ids: list[int], logprobs: list[float], versions: list[int], generated: bool
+):
+    state["response_ids"] += ids
+    state["response_logprobs"] += logprobs
+    state["response_mask"] += [int(generated)] * len(ids)
+    state["token_versions"] += versions
+
+
 async def multi_turn_tool_chat(
     client: Any,
     tokenizer: Any,
@@ -121,6 +146,7 @@ async def multi_turn_tool_chat(
     max_turns: int = 4,
     extra_info: Mapping[str, Any] | None = None,
     partial_rollout: bool = True,
+    progress: SampleProgress | None = None,
     **_: Any,
 ) -> Sample:
     """One multi-turn conversation with ``tools``, scored like :func:`single_turn_chat`.
@@ -128,71 +154,83 @@ async def multi_turn_tool_chat(
     The reward function gets the whole decoded response as ``solution_str`` and, in ``extra_info``,
     ``tool_calls`` (name, arguments, output of each call, in order), ``num_turns`` and ``final_response``
     (the last turn's text); the first two also go to ``Sample.extra``.
+
+    Everything so far lives in ``progress`` (finished turns and tool results in ``state``, the turn being
+    generated in ``generation``), updated between awaits, so a copy taken while the servers are paused
+    can be continued after a restart: a tool that had not returned is called again then, one that had
+    is not.
     """
     if max_turns < 1:
         raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+    progress = progress if progress is not None else SampleProgress()
+    if not progress.state:
+        progress.state = _fresh_state()
+    state = progress.state
     prompt_ids = tool_prompt_ids(tokenizer, prompt, tools)
     params = _stop_params(tokenizer, sampling_params)
     budget = int(sampling_params["max_new_tokens"])
-    ids: list[int] = []
-    logprobs: list[float] = []
-    mask: list[int] = []
-    versions: list[int] = []
-    tool_calls: list[dict[str, Any]] = []
-    num_aborts = turns = 0
-    turn_ids: list[int] = []
-    finish_reason = "length"
-    while turns < max_turns and len(ids) < budget:
+    ids = state["response_ids"]
+    while True:
+        if state["pending_call"] is not None:
+            call = parse_tool_call(state["pending_call"], tools)
+            output = await run_tool_call(call, tools)
+            state["tool_calls"].append({"name": call.name, "arguments": call.arguments, "output": output})
+            last = state["final_turn"]
+            ended_with_eos = bool(last) and last[-1] == tokenizer.eos_token_id
+            appended = tool_turn_ids(tokenizer, prompt, output, ended_with_eos)[: budget - len(ids)]
+            _append(state, appended, [0.0] * len(appended), [NOT_GENERATED] * len(appended), generated=False)
+            state["pending_call"] = None
+            if len(ids) >= budget:
+                state["finish_reason"] = "length"
+        if state["turns"] >= max_turns or len(ids) >= budget or state["finish_reason"] != "length":
+            break
+        if progress.generation is None:
+            progress.generation = GenerationOutput(prompt_ids + ids, [], [], [], finish_reason="length")
         out = await client.generate(
-            prompt_ids + ids, {**params, "max_new_tokens": budget - len(ids)}, partial_rollout=partial_rollout
+            prompt_ids + ids,
+            {**params, "max_new_tokens": budget - len(ids)},
+            partial_rollout=partial_rollout,
+            out=progress.generation,
         )
-        turns += 1
-        num_aborts += out.num_aborts
         turn_ids, turn_logprobs, turn_versions = list(out.token_ids), list(out.logprobs), _versions(out)
         cut = _cut_after_call(tokenizer, turn_ids)
         if cut is not None:
             turn_ids, turn_logprobs, turn_versions = turn_ids[:cut], turn_logprobs[:cut], turn_versions[:cut]
-        ids += turn_ids
-        logprobs += turn_logprobs
-        mask += [1] * len(turn_ids)
-        versions += turn_versions
-        finish_reason = "stop" if cut is not None else out.finish_reason
-        if cut is None or turns >= max_turns or len(ids) >= budget:
-            break  # an answer, the turn limit, or the budget: a call with no turn left to read it is not run
-        body, _end = find_tool_call(tokenizer.decode(turn_ids, skip_special_tokens=False))
-        call = parse_tool_call(body, tools)
-        output = await run_tool_call(call, tools)
-        tool_calls.append({"name": call.name, "arguments": call.arguments, "output": output})
-        ended_with_eos = bool(turn_ids) and turn_ids[-1] == tokenizer.eos_token_id
-        appended = tool_turn_ids(tokenizer, prompt, output, ended_with_eos)[: budget - len(ids)]
-        ids += appended
-        logprobs += [0.0] * len(appended)
-        mask += [0] * len(appended)
-        versions += [NOT_GENERATED] * len(appended)
-        if len(ids) >= budget:
-            finish_reason = "length"
-    solution = tokenizer.decode(ids, skip_special_tokens=True)
-    final_response = tokenizer.decode(turn_ids, skip_special_tokens=True)
+        # from here to the next await, the turn moves from the generation into the state
+        progress.generation = None
+        state["turns"] += 1
+        state["num_aborts"] += out.num_aborts
+        state["final_turn"] = turn_ids
+        _append(state, turn_ids, turn_logprobs, turn_versions, generated=True)
+        if cut is None:
+            state["finish_reason"] = out.finish_reason  # an answer, or the budget ran out
+            break
+        state["finish_reason"] = "length" if len(ids) >= budget else "stop"
+        if state["turns"] < max_turns and len(ids) < budget:  # a call with no turn left to read it is not run
+            state["pending_call"] = find_tool_call(tokenizer.decode(turn_ids, skip_special_tokens=False))[0]
+            state["finish_reason"] = "length"  # not finished: the conversation goes on
+    final_response = tokenizer.decode(state["final_turn"], skip_special_tokens=True)
     info = {
         **(extra_info or {}),
-        "tool_calls": tool_calls,
-        "num_turns": turns,
+        "tool_calls": state["tool_calls"],
+        "num_turns": state["turns"],
         "final_response": final_response,
     }
+    solution = tokenizer.decode(ids, skip_special_tokens=True)
     score, extra = await score_response(reward_fn, data_source, solution, reward_model, info)
-    generated = [v for v in versions if v != NOT_GENERATED]
+    generated = [v for v in state["token_versions"] if v != NOT_GENERATED]
     return Sample(
         prompt_ids=prompt_ids,
-        response_ids=ids,
-        response_logprobs=logprobs,
+        response_ids=list(ids),
+        response_logprobs=list(state["response_logprobs"]),
         reward=score,
-        finish_reason=finish_reason,
+        finish_reason=state["finish_reason"],
         min_version=min(generated, default=-1),
         max_version=max(generated, default=-1),
-        num_aborts=num_aborts,
-        response_mask=mask,
-        token_versions=versions,
-        extra={**extra, "tool_calls": tool_calls, "num_turns": turns},
+        num_aborts=state["num_aborts"],
+        response_mask=list(state["response_mask"]),
+        token_versions=list(state["token_versions"]),
+        extra={**extra, "tool_calls": state["tool_calls"], "num_turns": state["turns"]},
     )
 
 

@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+from rllm_fully_async.rollout.client import GenerationOutput
 from rllm_fully_async.rollout.reward_guard import InvalidReward, call_reward, check_reward, function_name
-from rllm_fully_async.rollout.trajectory import Sample
+from rllm_fully_async.rollout.trajectory import Sample, SampleProgress
 
 RewardFn = Callable[..., Any]
 RolloutFn = Callable[..., Any]
@@ -44,9 +45,13 @@ async def single_turn_chat(
     reward_fn: RewardFn,
     extra_info: Mapping[str, Any] | None = None,
     partial_rollout: bool = True,
+    progress: SampleProgress | None = None,
     **_: Any,
 ) -> Sample:
     """Generate one response to the chat ``prompt`` and score it against ``reward_model.ground_truth``.
+
+    The response is generated into ``progress.generation`` (continued if it already holds tokens: a
+    generation saved with a checkpoint).
 
     ``reward_fn`` follows verl's ``compute_score`` convention; it may return a float or a dict with a
     ``score`` key (the other keys go to ``Sample.extra``), and may be async (a synchronous one runs in a
@@ -54,7 +59,14 @@ async def single_turn_chat(
     raises :class:`~rllm_fully_async.rollout.reward_guard.InvalidReward`.
     """
     prompt_ids = chat_prompt_ids(tokenizer, prompt)
-    out = await client.generate(prompt_ids, sampling_params, partial_rollout=partial_rollout)
+    if progress is not None and progress.generation is None:
+        progress.generation = GenerationOutput(prompt_ids, [], [], [], finish_reason="length")
+    out = await client.generate(
+        prompt_ids,
+        sampling_params,
+        partial_rollout=partial_rollout,
+        out=progress.generation if progress is not None else None,
+    )
     solution = tokenizer.decode(out.token_ids, skip_special_tokens=True)
     score, extra = await score_response(reward_fn, data_source, solution, reward_model, extra_info)
     return Sample(

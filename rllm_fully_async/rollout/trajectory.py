@@ -7,6 +7,7 @@ was interrupted by a weight sync spans two or more), so the trainer can measure 
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -52,6 +53,35 @@ class Sample:
     def version_span(self) -> int:
         """How many weight syncs happened while this sample was being generated."""
         return self.max_version - self.min_version
+
+
+@dataclass
+class SampleProgress:
+    """What one sample has produced so far, where the executor can read it while the servers are paused.
+
+    A rollout function that takes a ``progress`` argument records into it: ``generation`` is the
+    generate call in progress (a ``client.GenerationOutput``, filled as tokens come back), ``state`` the
+    function's own record (a multi-turn rollout keeps its finished turns and tool results there). The
+    executor saves a copy with each checkpoint and, after a resume, hands it back, so the rollout
+    function continues where it was instead of generating again.
+    """
+
+    generation: Any = None
+    state: dict[str, Any] = field(default_factory=dict)
+    # Generated tokens it held when it was restored from a checkpoint (0: a fresh start).
+    restored_tokens: int = 0
+
+    def snapshot(self) -> SampleProgress:
+        return copy.deepcopy(self)
+
+    @property
+    def generated_versions(self) -> list[int]:
+        """Weight versions of the tokens generated so far (the state's ``token_versions``, then the
+        generation in progress); -1 marks tokens not generated."""
+        versions = [v for v in self.state.get("token_versions", []) if v >= 0]
+        if self.generation is not None:
+            versions += [c.version for c in self.generation.chunks for _ in c.token_ids]
+        return versions
 
 
 class Prompt(NamedTuple):

@@ -411,10 +411,8 @@ def test_a_resumed_run_continues_the_partial_generations_of_its_checkpoint(pipel
     queue, executor = pipeline(cfg, max_queue_size=4)
     queue2, executor2 = pipeline(cfg, max_queue_size=4)
     run = executor.run.remote()
-    wait_until(lambda: ray.get(executor.stats.remote())["in_flight"] == 8, what="8 samples in flight")
-    time.sleep(
-        1.0
-    )  # let them generate some tokens; none of the 200-token generations can finish in this time
+    wait_until(lambda: ray.get(executor.stats.remote())["in_flight"] == 8, 60, "8 samples in flight")
+    time.sleep(1.0)  # let them generate some tokens; none of the 200-token generations finishes this soon
     ray.get(executor.pause.remote())
     state = {"executor": ray.get(executor.state_dict.remote()), "queue": ray.get(queue.state_dict.remote())}
     ray.get(executor.stop.remote())  # the run is lost, its servers' pause lifted as a restart would

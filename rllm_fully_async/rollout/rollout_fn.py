@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from rllm_fully_async.rollout.client import GenerationOutput
 from rllm_fully_async.rollout.reward_guard import InvalidReward, call_reward, check_reward, function_name
 from rllm_fully_async.rollout.trajectory import Sample, SampleProgress
 
@@ -58,6 +57,8 @@ async def single_turn_chat(
     thread, so that one which hangs holds only its own sample). A score that is not a finite number
     raises :class:`~rllm_fully_async.rollout.reward_guard.InvalidReward`.
     """
+    from rllm_fully_async.rollout.client import GenerationOutput  # the client imports this module
+
     prompt_ids = chat_prompt_ids(tokenizer, prompt)
     if progress is not None and progress.generation is None:
         progress.generation = GenerationOutput(prompt_ids, [], [], [], finish_reason="length")

@@ -198,6 +198,12 @@ def run(cfg: DictConfig, trainer_factory: Callable[..., Any] | None = None) -> R
             ray.kill(actor)
         servers.stop()
     print(summary.render(), flush=True)
+    if not summary.counts.get("trained"):
+        # Fewer prompts than the executor's stop-after-failures count can all be filtered: not a success.
+        raise RuntimeError(
+            "the run trained on no prompt: every prompt drawn was filtered "
+            f"{summary.counts.get('filtered_by_reason', {})}; see the reasons above"
+        )
     return summary
 
 

@@ -4,7 +4,9 @@
 A rollout function is ``async def fn(client, tokenizer, **datum, sampling_params, reward_fn,
 partial_rollout) -> Sample``; the executor calls it once per sample with the dataset row spread as
 keyword arguments (``prompt`` always holds the row's ``data.prompt_key`` column). Functions should
-accept ``**kwargs`` so that new row columns do not break them.
+accept ``**kwargs`` so that new row columns do not break them. A function that takes ``progress`` (a
+``SampleProgress``) also gets one to record into; a checkpoint saves it and a resumed run hands it back
+to be continued (``single_turn_chat`` and the multi-turn rollout do).
 """
 
 from __future__ import annotations

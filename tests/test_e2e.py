@@ -255,3 +255,80 @@ def test_dynamic_sampling_refills_every_batch_and_counts_what_it_filtered(task, 
         assert m["async/drawn"] == sum(m[f"async/{k}"] for k in terms)
         assert 0 <= m["rollout/filter_rate"] < 1
     assert steps[-1]["rollout/filter_rate"] > 0
+
+
+LONG_ROLLOUT = """
+from rllm_fully_async.rollout.rollout_fn import single_turn_chat
+
+
+async def to_the_limit(client, tokenizer, *, sampling_params, **kwargs):
+    # ignore_eos: every generation runs its whole budget, so a checkpoint always finds some in progress
+    params = {**sampling_params, "ignore_eos": True}
+    return await single_turn_chat(client, tokenizer, sampling_params=params, **kwargs)
+"""
+
+
+def test_sigkill_and_resume_continues_the_partial_generations(task, tmp_path):
+    """The checkpoint holds the tokens generated so far; the resumed run continues them instead of starting
+    over (it restores exactly the checkpoint's tokens), and every prompt is still trained exactly once."""
+    (tmp_path / "long.py").write_text(LONG_ROLLOUT)
+    cmd = command(
+        task, tmp_path,
+        "trainer.save_freq=1",
+        "data.max_response_length=48",
+        f"async_training.rollout_fn={tmp_path}/long.py:to_the_limit",
+    )  # fmt: skip
+    tracker = tmp_path / "ckpt" / "latest_checkpointed_iteration.txt"
+    log = tmp_path / "first.log"
+    with in_background(cmd, tmp_path, log) as first:
+        wait_while_running(first, lambda: tracker.exists() and int(tracker.read_text() or 0) >= 2, log)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    (tmp_path / "metrics.jsonl").unlink(missing_ok=True)
+    killed_at = int(tracker.read_text())
+    state = torch.load(
+        tmp_path / "ckpt" / f"global_step_{killed_at}" / "fully_async_state.pt", weights_only=False
+    )
+    saved = sum(
+        len(p.generated_versions)
+        for entry in state["executor"]["partial"].values()
+        for p in entry["progress"]
+        if p is not None
+    )
+    assert saved > 0, "a checkpoint taken mid-generation must hold the tokens generated so far"
+
+    run_main(cmd, tmp_path)
+    resumed = step_metrics(tmp_path)
+    assert resumed[0]["training/global_step"] == killed_at + 1
+    assert resumed[-1]["rollout/resumed_tokens"] == saved, "every saved token continued, none regenerated"
+    final = ledger(tmp_path)
+    assert balanced(final["counts"]) and final["counts"]["filtered"] == 0
+    counts = final["trained_uids"]["0"]
+    assert set(counts) == {str(1000 + i) for i in range(NUM_PROMPTS)} and set(counts.values()) == {1}
+
+
+def test_multi_turn_tool_run_learns_to_use_the_calculator(tmp_path):
+    """The README's tool-use example, shortened: the toy model learns to call the calculator and copy its
+    result (it cannot add by itself), so the reward rises from the random policy's."""
+    run_main(
+        [
+            sys.executable, "-m", "rllm_fully_async.main",
+            "actor_rollout_ref.model.path=toy_tools",
+            "data.train_files=toy_tools", "data.val_files=toy_tools",
+            "data.max_response_length=32",
+            "async_training.rollout_fn=rllm_fully_async.toy.tool_task:rollout",
+            f"trainer.default_local_dir={tmp_path}/ckpt",
+            "trainer.logger=[console,file]",
+            "trainer.test_freq=-1",
+            "trainer.total_training_steps=30",
+            f"hydra.run.dir={tmp_path}/hydra",
+        ],
+        tmp_path,
+        timeout=900,
+    )  # fmt: skip
+    rewards = [m["reward/mean"] for m in step_metrics(tmp_path)]
+    assert len(rewards) == 30
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.1, rewards
+    final = ledger(tmp_path)["counts"]
+    assert balanced(final) and final["filtered"] == 0

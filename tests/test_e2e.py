@@ -275,13 +275,17 @@ def test_sigkill_and_resume_continues_the_partial_generations(task, tmp_path):
     cmd = command(
         task, tmp_path,
         "trainer.save_freq=1",
-        "data.max_response_length=48",
+        "trainer.total_training_steps=3",
         f"async_training.rollout_fn={tmp_path}/long.py:to_the_limit",
+        # two groups generate at a time, each longer than a training step: when step 1's batch of four is
+        # trained and checkpointed, the window's last two groups are still generating
+        "async_training.max_concurrency=8",
+        "data.max_response_length=160",
     )  # fmt: skip
     tracker = tmp_path / "ckpt" / "latest_checkpointed_iteration.txt"
     log = tmp_path / "first.log"
     with in_background(cmd, tmp_path, log) as first:
-        wait_while_running(first, lambda: tracker.exists() and int(tracker.read_text() or 0) >= 2, log)
+        wait_while_running(first, lambda: tracker.exists() and int(tracker.read_text() or 0) >= 1, log)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     (tmp_path / "metrics.jsonl").unlink(missing_ok=True)
@@ -304,7 +308,7 @@ def test_sigkill_and_resume_continues_the_partial_generations(task, tmp_path):
     final = ledger(tmp_path)
     assert balanced(final["counts"]) and final["counts"]["filtered"] == 0
     counts = final["trained_uids"]["0"]
-    assert set(counts) == {str(1000 + i) for i in range(NUM_PROMPTS)} and set(counts.values()) == {1}
+    assert len(counts) == final["counts"]["trained"] == 3 * 4 and set(counts.values()) == {1}
 
 
 def test_multi_turn_tool_run_learns_to_use_the_calculator(tmp_path):

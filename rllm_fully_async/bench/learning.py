@@ -156,10 +156,17 @@ def run_once(settings: LearningSettings, task: LearningTask, engine: Any, placem
                       "staleness_mean": float(metrics["async/staleness_mean"])})  # fmt: skip
     log(f"learning run {name} seed {seed}: reward {steps[0]['reward']:.3f} -> {steps[-1]['reward']:.3f} "
         f"in {steps[-1]['time_s']:.0f} s")  # fmt: skip
+    # What the correction did, from the actor's own metrics (mean over the steps that report each).
+    seen: dict[str, list[float]] = {}
+    for metrics in record.steps:
+        for key, value in metrics.items():
+            if key.startswith(("rollout_corr/", "actor/decoupled_")):
+                seen.setdefault(key, []).append(float(value))
     a = cfg.async_training
     return {"label": name, "seed": seed, "mode": a.mode, "staleness_threshold": float(a.staleness_threshold),
             "trigger_parameter_sync_step": int(a.trigger_parameter_sync_step), "overrides": list(overrides),
-            "loadavg_after": os.getloadavg(), "steps": steps}  # fmt: skip
+            "loadavg_after": os.getloadavg(), "steps": steps,
+            "correction_metrics": {key: sum(v) / len(v) for key, v in sorted(seen.items())}}  # fmt: skip
 
 
 def run_study(settings: LearningSettings) -> dict[str, Any]:

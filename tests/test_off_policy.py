@@ -109,3 +109,38 @@ def test_decoupled_ppo_refuses_to_run_without_behaviour_weights():
     with pytest.raises(ValueError, match="rollout_is=token"):
         loss_fn = get_policy_loss_fn("decoupled_ppo")
         loss_fn(PROX, PROX, ADVANTAGES, torch.ones(2, 2), "token-mean", actor, None)
+
+
+def test_a_batch_that_rejection_empties_still_gets_its_data_metrics():
+    """Sequence ratios of 10 and 0.05 both leave seq_is_rs's band [0.5, 2]: every token is rejected. verl's
+    compute_data_metrics fails on that empty mask; the trainer's metrics describe what was generated."""
+    from verl.trainer.ppo.metric_utils import compute_data_metrics
+
+    from rllm_fully_async.trainer.fully_async_trainer import generated_data_metrics
+
+    _, correction = _actor_and_correction("seq_is_rs")
+    generated = torch.ones(2, 2)
+    log_ratio = torch.tensor([[math.log(2.0), math.log(5.0)], [math.log(0.5), math.log(0.1)]])
+    batch = DataProto.from_dict(
+        tensors={
+            "old_log_probs": PROX.clone(),
+            "rollout_log_probs": PROX - log_ratio,
+            "response_mask": generated.clone(),
+            "responses": torch.tensor([[5, 6], [7, 8]]),
+            "attention_mask": torch.ones(2, 5, dtype=torch.long),
+            "token_level_scores": torch.tensor([[0.0, 1.0], [0.0, 0.0]]),
+            "token_level_rewards": torch.tensor([[0.0, 1.0], [0.0, 0.0]]),
+            "advantages": ADVANTAGES.clone(),
+            "returns": ADVANTAGES.clone(),
+        }
+    )
+    batch, _ = compute_rollout_correction_and_add_to_batch(batch, correction)
+    assert batch.batch["response_mask"].sum().item() == 0  # the whole batch is rejected
+    with pytest.raises(RuntimeError):
+        compute_data_metrics(batch=batch, use_critic=False)
+
+    metrics = generated_data_metrics(batch, generated)
+    assert metrics["critic/score/mean"] == pytest.approx(0.5)
+    assert metrics["critic/advantages/max"] == pytest.approx(1.0)
+    assert metrics["response_length/mean"] == pytest.approx(2.0)
+    assert batch.batch["response_mask"].sum().item() == 0  # the loss mask is left as the correction set it

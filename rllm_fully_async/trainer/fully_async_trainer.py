@@ -97,6 +97,21 @@ class StepClock:
         return self.waiting_s / elapsed if elapsed > 0 else 0.0
 
 
+def generated_data_metrics(batch: DataProto, generated_mask: torch.Tensor) -> dict[str, Any]:
+    """verl's data metrics (scores, advantages, lengths) over every generated token.
+
+    Rejection sampling (``algorithm.rollout_correction.rollout_rs``) masks tokens out of the loss, and
+    on a stale batch it can mask all of them; verl's ``compute_data_metrics`` fails on an empty mask,
+    and what was generated is what these metrics describe anyway. The loss mask is put back afterwards.
+    """
+    trained_mask = batch.batch["response_mask"]
+    batch.batch["response_mask"] = generated_mask
+    try:
+        return compute_data_metrics(batch=batch, use_critic=False)
+    finally:
+        batch.batch["response_mask"] = trained_mask
+
+
 class FullyAsyncTrainer:
     """verl's PPO step with the rollout moved out of it (see the module docstring for what is reused)."""
 
@@ -285,6 +300,7 @@ class FullyAsyncTrainer:
                     metrics.update(kl_metrics)
                 else:
                     batch.batch["token_level_rewards"] = batch.batch["token_level_scores"]
+                generated_mask = batch.batch["response_mask"]
                 if rollout_corr is not None and not bypass:
                     from verl.trainer.ppo.rollout_corr_helper import (
                         compute_rollout_correction_and_add_to_batch,
@@ -306,7 +322,7 @@ class FullyAsyncTrainer:
                 actor_output = self.actor_rollout_wg.update_actor(batch)
             metrics.update(reduce_metrics(actor_output.meta_info["metrics"]))
 
-        metrics.update(compute_data_metrics(batch=batch, use_critic=False))
+        metrics.update(generated_data_metrics(batch, generated_mask))
         metrics.update({f"timing_s/{name}": seconds for name, seconds in timing.items()})
         metrics.update(async_metrics(groups, batch, self.param_version))
         metrics["training/global_step"] = self.global_steps + 1

@@ -24,6 +24,7 @@ def ray_local():
     started = not ray.is_initialized()
     if started:
         ray.init(
+            address="local",  # never a cluster another run left on this machine
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,

@@ -138,8 +138,11 @@ def test_the_config_address_wins_and_local_starts_a_private_cluster():
     assert cluster_address(_cfg(address="ray://head:10001"), env) == "ray://head:10001"
     assert cluster_address(_cfg(address="local"), env) is None
     local = ray_init_kwargs(_cfg(address="local"), env)
-    assert "address" not in local and local["num_cpus"] >= 1 and local["include_dashboard"] is False
+    assert local["address"] == "local" and local["num_cpus"] >= 1 and local["include_dashboard"] is False
     assert cluster_address(_cfg(), {}) is None
+    # Named nowhere: still "local", because ray.init(address=None) joins the cluster last started on the
+    # machine (recorded in /tmp/ray/ray_current_cluster) and then refuses num_cpus.
+    assert ray_init_kwargs(_cfg(), {})["address"] == "local"
 
 
 def test_runtime_env_carries_the_run_s_and_the_user_s_settings_to_every_worker():

@@ -96,7 +96,7 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
         pin_this_process(placement.train_cores)
         with ThreadPoolExecutor(1) as pool:
             starting = pool.submit(Engine.start_on, placement.gen_cores, task.model_path)
-            ray.init(num_cpus=max(4, len(placement.train_cores)), **ray_options)
+            ray.init(address="local", num_cpus=max(4, len(placement.train_cores)), **ray_options)
             engine = starting.result()
     log(f"engine at {engine.url}, ray up")
     result: dict[str, Any] = {

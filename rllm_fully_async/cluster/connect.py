@@ -51,7 +51,9 @@ def ray_init_kwargs(cfg: DictConfig, environ: Mapping[str, str] = os.environ) ->
                 print(f"ray_kwargs.ray_init.{key} is ignored: joining the cluster at {address}, whose nodes "
                       "set their own resources", flush=True)  # fmt: skip
         return init
-    init.pop("address", None)
+    # "local", not None: given no address, ray.init() joins the cluster last started on this machine
+    # (/tmp/ray/ray_current_cluster) and then refuses the resource counts below.
+    init["address"] = "local"
     init.setdefault("num_cpus", max(4, os.cpu_count() or 1))
     init.setdefault("include_dashboard", False)
     return init
@@ -64,7 +66,7 @@ def init_ray(cfg: DictConfig) -> bool:
     if ray.is_initialized():
         return True
     kwargs = ray_init_kwargs(cfg)
-    joined = "address" in kwargs
+    joined = kwargs["address"] != "local"
     ray.init(**kwargs)
     nodes = cluster_nodes()
     how = f"joined the Ray cluster at {kwargs['address']}" if joined else "started a local Ray cluster"

@@ -187,7 +187,8 @@ def run_study(settings: LearningSettings) -> dict[str, Any]:
     pin_this_process(placement.train_cores)
     with ThreadPoolExecutor(1) as pool:
         starting = pool.submit(Engine.start_on, placement.gen_cores, task.model_path)
-        ray.init(num_cpus=max(4, len(placement.train_cores)), include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=max(4, len(placement.train_cores)), include_dashboard=False,
+                 log_to_driver=False,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})  # fmt: skip
         engine = starting.result()
     log(f"engine at {engine.url}, ray up")

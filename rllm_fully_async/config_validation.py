@@ -355,13 +355,13 @@ def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
     _require(
         actor.loss_agg_mode == "token-mean",
         "actor_rollout_ref.actor.loss_agg_mode",
-        "fully-async batches vary in size, so the patched dp_actor takes one token-mean over the whole "
-        f"batch; set it to token-mean (got {actor.loss_agg_mode!r})",
+        "fully-async batches vary in size, so the patched actors (dp_actor, megatron_actor) take one "
+        f"token-mean over the whole batch; set it to token-mean (got {actor.loss_agg_mode!r})",
     )
     _require(
         actor.policy_loss.loss_mode != "geo_mean",
         "actor_rollout_ref.actor.policy_loss.loss_mode",
-        "geo_mean ignores the whole-batch token count the patched dp_actor relies on; use vanilla (PPO clip)",
+        "geo_mean ignores the whole-batch token count the patched actors rely on; use vanilla (PPO clip)",
     )
     rollout_corr = cfg.algorithm.get("rollout_correction")
     if actor.policy_loss.loss_mode == "decoupled_ppo":

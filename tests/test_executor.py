@@ -396,7 +396,9 @@ def test_loaders_give_clear_errors(files, tmp_path):
     assert [p.uid for p in prompts[:3]] == ["100", "101", "102"]
 
 
-def test_a_resumed_run_continues_the_partial_generations_of_its_checkpoint(pipeline, files, toy_model_dir):
+def test_a_resumed_run_continues_the_partial_generations_of_its_checkpoint(
+    pipeline, engine, files, toy_model_dir
+):
     """Nothing generated before a checkpoint is generated again: finished samples of unfinished groups are
     kept, and every partial generation continues from its saved tokens, log-probs and versions."""
     cfg = config(
@@ -412,7 +414,8 @@ def test_a_resumed_run_continues_the_partial_generations_of_its_checkpoint(pipel
     queue2, executor2 = pipeline(cfg, max_queue_size=4)
     run = executor.run.remote()
     wait_until(lambda: ray.get(executor.stats.remote())["in_flight"] == 8, 60, "8 samples in flight")
-    time.sleep(1.0)  # let them generate some tokens; none of the 200-token generations finishes this soon
+    tokens = engine_generated_tokens(engine.url)  # then a few steps of all 8; none of 200 tokens ends so soon
+    wait_until(lambda: engine_generated_tokens(engine.url) >= tokens + 32, what="4 tokens for each of the 8")
     ray.get(executor.pause.remote())
     state = {"executor": ray.get(executor.state_dict.remote()), "queue": ray.get(queue.state_dict.remote())}
     ray.get(executor.stop.remote())  # the run is lost, its servers' pause lifted as a restart would

@@ -17,12 +17,12 @@ from the start comes from :mod:`rllm_fully_async.toy.warm_start`.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
-from pathlib import Path
 from typing import Any
 
-from rllm_fully_async.toy.task import write_parquet
+from rllm_fully_async.toy.task import ensure_split_files
 
 DATA_SOURCE = "toy_digits"
 DIGITS = "123456789"
@@ -80,15 +80,15 @@ def ensure_dataset(
     Names carry the operation, length, size and seed, so a changed setting never reuses a stale file.
     """
     _check(operation)
-    directory = Path(directory)
+    rows = functools.partial(_rows_for, length=length, operation=operation)
     stem = f"{DATA_SOURCE}_{operation}{length}"
-    train = directory / f"{stem}_train_{train_size}_seed{seed}.parquet"
-    val = directory / f"{stem}_val_{val_size}_seed{seed}.parquet"
-    if not train.exists():
-        write_parquet(train, make_rows(train_size, seed, "train", length, operation))
-    if not val.exists():
-        write_parquet(val, make_rows(val_size, seed, "val", length, operation, index_offset=train_size))
-    return str(train), str(val)
+    return ensure_split_files(directory, stem, rows, train_size, val_size, seed)
+
+
+def _rows_for(
+    num_prompts: int, seed: int, split: str, index_offset: int = 0, *, length: int, operation: str
+) -> list[dict[str, Any]]:
+    return make_rows(num_prompts, seed, split, length, operation, index_offset=index_offset)
 
 
 def digit_credit(reply: str, ground_truth: str) -> float:

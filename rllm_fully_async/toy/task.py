@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,22 @@ def ensure_dataset(
     Names carry the task, size and seed, so a changed setting never reuses a stale file. Validation
     ids continue after the training ids.
     """
+    return ensure_split_files(directory, DATA_SOURCE, make_rows, train_size, val_size, seed)
+
+
+def ensure_split_files(
+    directory: str | os.PathLike,
+    stem: str,
+    make_rows: Callable[..., list[dict[str, Any]]],
+    train_size: int,
+    val_size: int,
+    seed: int,
+) -> tuple[str, str]:
+    """``{stem}_{train,val}_{size}_seed{seed}.parquet`` under ``directory``, written by ``make_rows(size,
+    seed, split, index_offset=...)`` unless already there; validation ids continue after training ids."""
     directory = Path(directory)
-    train = directory / f"{DATA_SOURCE}_train_{train_size}_seed{seed}.parquet"
-    val = directory / f"{DATA_SOURCE}_val_{val_size}_seed{seed}.parquet"
+    train = directory / f"{stem}_train_{train_size}_seed{seed}.parquet"
+    val = directory / f"{stem}_val_{val_size}_seed{seed}.parquet"
     if not train.exists():
         write_parquet(train, make_rows(train_size, seed, "train"))
     if not val.exists():

@@ -23,12 +23,11 @@ import operator
 import os
 import random
 import re
-from pathlib import Path
 from typing import Any
 
 from rllm_fully_async.rollout.multi_turn import make_tool_rollout
 from rllm_fully_async.rollout.tools import TOOL_CALL_START, Tool
-from rllm_fully_async.toy.task import write_parquet
+from rllm_fully_async.toy.task import ensure_split_files
 
 DATA_SOURCE = "toy_calculator"
 _DIGIT = re.compile(r"[0-9]")
@@ -86,14 +85,7 @@ def ensure_dataset(
     directory: str | os.PathLike, train_size: int = 1280, val_size: int = 64, seed: int = 0
 ) -> tuple[str, str]:
     """Train and validation parquet files under ``directory``, built unless already there."""
-    directory = Path(directory)
-    train = directory / f"{DATA_SOURCE}_train_{train_size}_seed{seed}.parquet"
-    val = directory / f"{DATA_SOURCE}_val_{val_size}_seed{seed}.parquet"
-    if not train.exists():
-        write_parquet(train, make_rows(train_size, seed, "train"))
-    if not val.exists():
-        write_parquet(val, make_rows(val_size, seed, "val", index_offset=train_size))
-    return str(train), str(val)
+    return ensure_split_files(directory, DATA_SOURCE, make_rows, train_size, val_size, seed)
 
 
 def compute_score(

@@ -5,8 +5,9 @@
 newly admitted requests (one batched forward pass) and merges them into the running batch, or
 decodes one token for every running request (one forward pass for the whole batch). The running
 batch is left-padded: its KV cache, a 2-D attention mask and per-row position ids are kept
-aligned so that rows of different lengths share every forward pass; finished rows are removed by
-index-select and leading all-padding columns are trimmed.
+aligned so that rows of different lengths share every forward pass (the model gets ready 4-D masks,
+``cpu_engine.attention``); finished rows are removed by index-select and leading all-padding columns
+are trimmed.
 
 ``Scheduler`` is the asyncio side: it admits requests (closing the gate while paused or while a
 weight update waits, as SGLang's tokenizer manager does), runs ``step`` on the model thread so the
@@ -29,6 +30,8 @@ from typing import Any, TypeVar
 
 import torch
 from transformers import DynamicCache
+
+from rllm_fully_async.cpu_engine.attention import decode_mask, prefill_mask
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +202,7 @@ class BatchEngine:
         cache = DynamicCache()
         logits = self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=prefill_mask(attention_mask),
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
@@ -231,7 +234,7 @@ class BatchEngine:
         logits = (
             self.model(
                 input_ids=self._next_tokens[:, None],
-                attention_mask=self._attention_mask,
+                attention_mask=decode_mask(self._attention_mask),
                 position_ids=self._next_positions[:, None],
                 past_key_values=self._cache,
                 use_cache=True,

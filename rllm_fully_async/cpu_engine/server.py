@@ -35,6 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from rllm_fully_async.cpu_engine.attention import ATTN_IMPLEMENTATION
 from rllm_fully_async.cpu_engine.checkpoint import read_checkpoint
 from rllm_fully_async.cpu_engine.scheduler import (
     BatchEngine,
@@ -119,7 +120,7 @@ class CpuEngineServer:
         model = AutoModelForCausalLM.from_pretrained(
             args.model_path,
             dtype=getattr(torch, args.dtype) if args.dtype != "auto" else "auto",
-            attn_implementation="sdpa",
+            attn_implementation=ATTN_IMPLEMENTATION,
         ).eval()
         self.context_len = args.context_length or getattr(config, "max_position_embeddings", None) or 2048
         self.vocab_size = config.vocab_size

@@ -144,3 +144,35 @@ def test_a_batch_that_rejection_empties_still_gets_its_data_metrics():
     assert metrics["critic/advantages/max"] == pytest.approx(1.0)
     assert metrics["response_length/mean"] == pytest.approx(2.0)
     assert batch.batch["response_mask"].sum().item() == 0  # the loss mask is left as the correction set it
+
+
+BYPASS = [
+    "algorithm.rollout_correction.bypass_mode=true",
+    "algorithm.rollout_correction.rollout_rs=seq_sum_k1",
+    "algorithm.rollout_correction.rollout_rs_threshold='0.5_2.0'",
+]
+
+
+def test_bypass_mode_reaches_the_workers_loss_and_rejects_there():
+    """verl switches to its bypass-mode loss on the driver's config mid-step, after the workers were built;
+    the loss a worker builds from the run's config must already be it. In bypass mode the PPO ratio is to
+    the behaviour policy: with the current policy at the proximal one, ratios (0.5, 3) and (1.25, 8).
+    Sequence 1's ratio 10 leaves the band [0.5, 2] and is rejected; sequence 0 (A = +1) gives
+    -min(0.5, 0.8) and -min(3, 1.2) over its 2 tokens."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = compose(config_name="fully_async_ppo_cpu", overrides=BYPASS)
+    share_correction_with_loss(cfg)
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)  # what a training worker builds
+    assert actor.policy_loss.loss_mode == "bypass_mode"
+    loss, _ = get_policy_loss_fn(actor.policy_loss.loss_mode)(
+        old_log_prob=PROX - BEHAVIOUR_WEIGHTS.log(), log_prob=PROX.clone(), advantages=ADVANTAGES,
+        response_mask=torch.ones(2, 2), loss_agg_mode=actor.loss_agg_mode, config=actor,
+    )  # fmt: skip
+    assert loss.item() == pytest.approx((-0.5 - 1.2) / 2)
+
+
+def test_decoupled_ppo_with_bypass_mode_is_refused_naming_both_keys():
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = compose(config_name="fully_async_ppo_cpu", overrides=CORRECTIONS["decoupled_ppo"] + BYPASS[:1])
+    with pytest.raises(ValueError, match="loss_mode=decoupled_ppo.*bypass_mode=false"):
+        share_correction_with_loss(cfg)

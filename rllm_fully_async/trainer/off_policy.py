@@ -101,19 +101,28 @@ def register() -> None:
 
 
 def share_correction_with_loss(cfg: DictConfig) -> None:
-    """Give the actor's policy loss the run's ``algorithm.rollout_correction``, where it reads the cap.
+    """Give the actor's policy loss the run's ``algorithm.rollout_correction`` before the workers are built.
 
-    verl's bypass mode does the same (``apply_bypass_mode``); the decoupled objective needs it in the
-    workers' config, so it is set before they are built.
+    Two losses read it there: the decoupled objective (its cap) and verl's bypass-mode loss (weights,
+    rejection masks, ``loss_type``). verl's ``apply_bypass_mode`` switches the loss to ``bypass_mode`` on the
+    driver's config during a step, after the training workers were built from their own copy of it, so
+    in the workers the loss would stay vanilla and no rejection mask would apply; set here, it reaches them.
     """
     policy_loss = cfg.actor_rollout_ref.actor.policy_loss
-    if policy_loss.get("loss_mode") != DECOUPLED_PPO:
-        return
     correction = cfg.algorithm.get("rollout_correction")
-    with open_dict(cfg):
-        policy_loss.rollout_correction = OmegaConf.create(
-            OmegaConf.to_container(correction, resolve=True) if correction is not None else {}
+    bypass = bool(correction is not None and correction.get("bypass_mode", False))
+    decoupled = policy_loss.get("loss_mode") == DECOUPLED_PPO
+    if decoupled and bypass:
+        raise ValueError(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode={DECOUPLED_PPO} needs the recomputed proximal "
+            "log-probs, which algorithm.rollout_correction.bypass_mode=true skips: set bypass_mode=false"
         )
+    if not (decoupled or bypass):
+        return
+    with open_dict(cfg):
+        if bypass:
+            policy_loss.loss_mode = "bypass_mode"
+        policy_loss.rollout_correction = OmegaConf.create(OmegaConf.to_container(correction, resolve=True))
 
 
 register()

@@ -48,6 +48,7 @@ ASYNC_KEYS = {
 }
 ROLLOUT_SERVER_KEYS = {
     "urls",
+    "router_url",
     "num_servers",
     "startup_timeout_s",
     "extra_args",
@@ -297,6 +298,19 @@ def validate(cfg: DictConfig, *, has_cuda: bool | None = None) -> None:
         "actor_rollout_ref.rollout.name",
         f"must be one of {tuple(ROLLOUT_ENGINES)}, got {rollout.name!r}",
     )
+    router_url = cfg.rollout_servers.get("router_url")
+    if router_url:
+        _require(
+            bool(cfg.rollout_servers.urls),
+            "rollout_servers.router_url",
+            "fronts servers started outside the run: also list those servers in rollout_servers.urls (weight "
+            "updates, pauses and cache flushes go to each of them; the router does not fan them out)",
+        )
+        _require(
+            isinstance(router_url, str) and router_url.startswith(("http://", "https://")),
+            "rollout_servers.router_url",
+            f"must be an http:// or https:// URL, got {router_url!r}",
+        )
     if rollout.name == "sglang" and not has_cuda and not cfg.rollout_servers.urls:
         raise ConfigError(
             "actor_rollout_ref.rollout.name: 'sglang' needs a CUDA GPU on this machine; use "

@@ -70,6 +70,7 @@ def test_valid_cpu_config_passes(cpu_cfg):
         ),
         ("async_training.group_filter=/nonexistent/filters.py:keep", "async_training.group_filter"),
         ("async_training.group_filter=no_colon", "async_training.group_filter"),
+        ("rollout_servers.router_url=http://127.0.0.1:30000", "rollout_servers.router_url"),  # without urls
     ],
 )
 def test_bad_values_name_the_key(cpu_cfg, override, key):
@@ -79,6 +80,23 @@ def test_bad_values_name_the_key(cpu_cfg, override, key):
         OmegaConf.update(cfg, dotted, yaml.safe_load(value), force_add=True)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg, has_cuda=False)
+
+
+def test_a_router_fronts_listed_servers_and_generation_goes_through_it(cpu_cfg):
+    from rllm_fully_async.rollout.executor import ExecutorSettings
+
+    cfg = cpu_cfg.copy()
+    with open_dict(cfg):
+        cfg.rollout_servers.urls = ["http://127.0.0.1:30001", "http://127.0.0.1:30002"]
+        cfg.rollout_servers.router_url = "127.0.0.1:30000"
+        with pytest.raises(
+            ConfigError, match=r"rollout_servers\.router_url: must be an http:// or https:// URL"
+        ):
+            validate(cfg, has_cuda=False)
+        cfg.rollout_servers.router_url = "http://127.0.0.1:30000"
+    validate(cfg, has_cuda=False)
+    settings = ExecutorSettings.from_config(OmegaConf.to_container(cfg, resolve=True))
+    assert settings.router_url == "http://127.0.0.1:30000"
 
 
 def test_dynamic_sampling_needs_several_samples_per_prompt(cpu_cfg):

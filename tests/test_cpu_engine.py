@@ -19,6 +19,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rllm_fully_async.rollout.client import RolloutClient
 from rllm_fully_async.servers.rollout_servers import CpuEngineProcess
 from rllm_fully_async.sync.tensor_payload import serialize_named_tensors
 from rllm_fully_async.sync.weight_update_group import (
@@ -476,6 +477,24 @@ def test_router_probes_both_engines_and_spreads_requests(engine: str, toy_model_
             after = [counters(url)["finished_requests"] for url in (engine, second.url)]
             assert all(r["meta_info"]["completion_tokens"] == 2 for r in results)
             assert [a - b for a, b in zip(after, before, strict=True)] == [3, 3]
+
+            # The rollout client behind the router (rollout_servers.router_url): generation goes through
+            # it, control calls to each server.
+            async def through_router() -> list:
+                async with RolloutClient([engine, second.url], router_url=router_url) as client:
+                    outs = await asyncio.gather(
+                        *(client.generate([1, 7, i], {"max_new_tokens": 2}) for i in range(4))
+                    )
+                    await client.update_weight_version(7)
+                    return outs
+
+            outs = asyncio.run(through_router())
+            final = [counters(url)["finished_requests"] for url in (engine, second.url)]
+            assert all(len(out.token_ids) == 2 for out in outs)
+            assert [a - b for a, b in zip(final, after, strict=True)] == [2, 2]
+            assert [get(url, "/get_weight_version")["weight_version"] for url in (engine, second.url)] == [
+                "7"
+            ] * 2
         finally:
             router.terminate()
             router.wait(timeout=10)

@@ -82,6 +82,8 @@ class ExecutorSettings:
     server_outage_timeout_s: float
     # rollout_servers.api_key: sent to servers started with --api-key.
     api_key: str | None
+    # rollout_servers.router_url: generation goes through this sglang-router, control calls to each server.
+    router_url: str | None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ExecutorSettings:
@@ -122,6 +124,7 @@ class ExecutorSettings:
             group_filter=a["group_filter"],
             server_outage_timeout_s=float(cfg["rollout_servers"]["startup_timeout_s"]),
             api_key=cfg["rollout_servers"]["api_key"],
+            router_url=cfg["rollout_servers"]["router_url"],
         )
 
     @property
@@ -236,7 +239,10 @@ class RolloutExecutor:
         self._reward_fn = load_reward_fn(s.custom_reward_function)
         self._group_filter = GroupFilter(s.filter_groups, s.filter_metric, s.group_filter)
         self._client = RolloutClient(
-            server_urls, outage_timeout_s=s.server_outage_timeout_s, api_key=s.api_key
+            server_urls,
+            router_url=s.router_url,
+            outage_timeout_s=s.server_outage_timeout_s,
+            api_key=s.api_key,
         )
         self._admission = AdmissionController(
             s.required_samples, s.staleness_threshold, s.trigger_parameter_sync_step

@@ -56,6 +56,7 @@ class Validator:
         self.prompt_key = settings.prompt_key
         self.sample_timeout_s = settings.sample_timeout_s
         self.api_key = settings.api_key
+        self.router_url = settings.router_url
 
     def run(self, version: int) -> dict[str, float]:
         """Validate; returns verl-style ``val-core/<data_source>/reward/mean@n`` metrics."""
@@ -66,7 +67,9 @@ class Validator:
         errors: Counter = Counter()
         limit = asyncio.Semaphore(self.max_concurrency)
         rollout_name = function_name(self.rollout_fn)
-        async with RolloutClient(self.server_urls, api_key=self.api_key) as client:
+        async with RolloutClient(
+            self.server_urls, router_url=self.router_url, api_key=self.api_key
+        ) as client:
 
             async def one(uid: str, datum: dict) -> None:
                 source = datum.get("data_source", "unknown")

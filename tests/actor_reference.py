@@ -9,6 +9,8 @@ from verl import DataProto
 from verl.trainer.ppo.core_algos import kl_penalty
 from verl.utils.model import compute_position_id_with_mask
 
+from rllm_fully_async import patches
+
 PAD_ID = 3
 ENTROPY_COEFF = 0.01
 KL_COEF = 0.1
@@ -92,3 +94,11 @@ def relative_error(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
 # token counts differ far more than their sample counts.
 SKEWED_PROMPTS = [5, 4, 6, 5, 4, 6, 5, 4]
 SKEWED_RESPONSES = [60, 2, 2, 2, 2, 2, 2, 2]
+
+
+def installed_original(patch: patches.FilePatch) -> str:
+    """The unpatched text of ``patch``'s target file, from the installed verl whether it is patched or not."""
+    installed = (patches.default_target() / patch.target).read_text(encoding="utf-8")
+    if patch.state_of(installed.encode()) == patches.ORIGINAL:
+        return installed
+    return patch.original_text(installed)

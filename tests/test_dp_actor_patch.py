@@ -28,6 +28,7 @@ from actor_reference import (
     KL_TYPE,
     SKEWED_PROMPTS,
     SKEWED_RESPONSES,
+    installed_original,
     make_batch,
     reference,
     relative_error,
@@ -58,12 +59,7 @@ def gloo_world():
 def dp_actor_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{'patched', 'original', 'earlier'} -> a copy of dp_actor.py ('earlier': the previous patch release)."""
     patch = patches.DP_ACTOR
-    installed = (patches.default_target() / patch.target).read_text(encoding="utf-8")
-    original = (
-        patch.original_text(installed)
-        if patch.state_of(installed.encode()) != patches.ORIGINAL
-        else installed
-    )
+    original = installed_original(patch)
     earlier = patches._apply_hunks(original, patch.hunks(patch.previous[-1][0]), reverse=False)
     texts = {"original": original, "patched": patch.patched_text(original), "earlier": earlier}
     folder = tmp_path_factory.mktemp("dp_actor")

@@ -23,6 +23,7 @@ from actor_reference import (
     KL_TYPE,
     SKEWED_PROMPTS,
     SKEWED_RESPONSES,
+    installed_original,
     make_batch,
     reference,
     relative_error,
@@ -112,12 +113,7 @@ def test_actor_ref_worker_knows_whether_to_offload_the_reference(
 def megatron_actor(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModuleType]:
     """{'patched', 'original'} -> megatron_actor.py built from the installed verl's file, as a module."""
     patch = patches.MEGATRON_ACTOR
-    installed = (patches.default_target() / patch.target).read_text(encoding="utf-8")
-    original = (
-        patch.original_text(installed)
-        if patch.state_of(installed.encode()) != patches.ORIGINAL
-        else installed
-    )
+    original = installed_original(patch)
     folder = tmp_path_factory.mktemp("megatron_actor")
     modules = {}
     for name, text in {"original": original, "patched": patch.patched_text(original)}.items():

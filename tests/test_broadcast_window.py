@@ -8,10 +8,12 @@ once; with it the sender stops after N until the receiver takes the oldest.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -45,11 +47,13 @@ RECEIVER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("max_buckets", [1, 2])
-def test_sender_holds_at_most_max_buckets_until_the_receiver_takes_them(max_buckets: int) -> None:
+@contextlib.contextmanager
+def group_with_receiver(buckets: int) -> Iterator[tuple[object, subprocess.Popen]]:
+    """This process as rank 0 of a weight-update group whose rank 1, a child process, has joined and receives
+    ``buckets`` broadcasts once a line is written to its stdin."""
     port = free_port()
     receiver = subprocess.Popen(
-        [sys.executable, "-c", RECEIVER, str(port), str(BUCKETS), str(NUMEL)],
+        [sys.executable, "-c", RECEIVER, str(port), str(buckets), str(NUMEL)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -58,6 +62,17 @@ def test_sender_holds_at_most_max_buckets_until_the_receiver_takes_them(max_buck
     try:
         group = init_weight_update_group("127.0.0.1", port, 0, 2, "window-test", timeout_s=60)
         assert receiver.stdout.readline().strip() == "joined"
+        yield group, receiver
+    finally:
+        receiver.kill()
+        receiver.wait(timeout=30)
+        if group is not None:
+            destroy_weight_update_group(group)
+
+
+@pytest.mark.parametrize("max_buckets", [1, 2])
+def test_sender_holds_at_most_max_buckets_until_the_receiver_takes_them(max_buckets: int) -> None:
+    with group_with_receiver(BUCKETS) as (group, receiver):
         window = BroadcastWindow(max_buckets, timeout_s=60)
         issued: list[int] = []
         all_issued = threading.Event()
@@ -90,33 +105,13 @@ def test_sender_holds_at_most_max_buckets_until_the_receiver_takes_them(max_buck
         received = [tuple(map(float, receiver.stdout.readline().split())) for _ in range(BUCKETS)]
         assert received == [(float(k), float(k)) for k in range(BUCKETS)]
         assert 1 <= window.peak <= max_buckets
-    finally:
-        if group is not None:
-            destroy_weight_update_group(group)
-        receiver.kill()
-        receiver.wait(timeout=30)
 
 
 def test_a_receiver_that_never_receives_fails_the_wait_within_the_timeout() -> None:
-    port = free_port()
-    receiver = subprocess.Popen(
-        [sys.executable, "-c", RECEIVER, str(port), "1", str(NUMEL)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    group = None
-    try:
-        group = init_weight_update_group("127.0.0.1", port, 0, 2, "window-test", timeout_s=60)
-        assert receiver.stdout.readline().strip() == "joined"
+    with group_with_receiver(1) as (group, _receiver):
         window = BroadcastWindow(1, timeout_s=2)
         window.reserve()
         tensor = torch.zeros(NUMEL)
         window.push([broadcast_tensor(group, tensor, src=0, async_op=True)], [tensor])
         with pytest.raises(BroadcastStalledError, match="within 2 s .async_training.param_sync_timeout_s"):
             window.drain()
-    finally:
-        receiver.kill()
-        receiver.wait(timeout=30)
-        if group is not None:
-            destroy_weight_update_group(group)

@@ -107,3 +107,39 @@ def test_smoke_run_writes_curves_ratios_and_plots(tmp_path):
     for name in ("learning_grid.png", "learning_corrections.png"):
         assert (out / name).stat().st_size > 0
     assert "time-to-target ratio" in proc.stdout
+
+
+def test_the_filler_costs_tokens_but_carries_no_credit_and_no_loss(toy_model_dir):
+    """``answer_then_filler`` against a real engine: the answer's tokens then exactly ``filler_tokens`` more,
+    mask 1 on the answer only, and the reward function sees the answer's text alone."""
+    import asyncio
+
+    from transformers import AutoTokenizer
+
+    from rllm_fully_async.bench.task import answer_then_filler
+    from rllm_fully_async.rollout.client import RolloutClient
+    from rllm_fully_async.servers.rollout_servers import CpuEngineProcess
+
+    tokenizer = AutoTokenizer.from_pretrained(toy_model_dir)
+    seen: list[str] = []
+
+    def reward_fn(data_source, solution_str, ground_truth, extra_info=None, **_):
+        seen.append(solution_str)
+        return 0.25
+
+    async def rollout(url: str):
+        async with RolloutClient([url]) as client:
+            return await answer_then_filler(
+                client, tokenizer, prompt=[{"role": "user", "content": "copy: 123"}],
+                data_source="toy_digits", reward_model={"ground_truth": "123"},
+                sampling_params={"temperature": 1.0, "max_new_tokens": 4}, reward_fn=reward_fn,
+                extra_info={"index": 0, "filler_tokens": 9},
+            )  # fmt: skip
+
+    with CpuEngineProcess(str(toy_model_dir), num_threads=1) as engine:
+        sample = asyncio.run(rollout(engine.url))
+    assert len(sample.response_ids) == 3 + 9  # past max_new_tokens=4 and past any EOS (ignore_eos)
+    assert sample.response_mask == [1] * 3 + [0] * 9
+    assert len(sample.response_logprobs) == 12 and all(lp <= 0 for lp in sample.response_logprobs)
+    assert seen == [tokenizer.decode(sample.response_ids[:3], skip_special_tokens=True)]
+    assert sample.reward == 0.25

@@ -5,8 +5,11 @@ much per trained sample?
     python -m rllm_fully_async.bench.learning [--out DIR] [--seeds 3] [--steps 100] [--only LABELS]
     python -m rllm_fully_async.bench.learning --smoke    # every path at toy sizes (CI)
 
-The task is the digit-sorting task (``rllm_fully_async.toy.digits_task``, partial credit per digit) from a
-warm-started toy model (``toy.warm_start``) that is sometimes right. Each seed (data order; sampling is not
+The task is copying digits (``rllm_fully_async.toy.digits_task``, partial credit per digit) from a
+warm-started toy model (``toy.warm_start``) that is sometimes right. Each answer is followed by a filler of
+long-tailed length (``bench.task.answer_then_filler``) that costs generation and training like a reasoning
+trace but carries no credit and no loss, so that generation is a large share of a step, as it is for
+reasoning models and where fully-async has something to overlap. Each seed (data order; sampling is not
 seeded) runs lock-step (``async_training.mode=sync``), fully-async at every (staleness_threshold,
 trigger_parameter_sync_step) of the grid, and, on the stalest of them, each off-policy correction
 (``trainer.off_policy.CORRECTIONS``). As in the speed benchmark, generation and training get disjoint cores
@@ -37,8 +40,11 @@ from rllm_fully_async.bench.learning_report import LOCKSTEP
 from rllm_fully_async.bench.settings import log
 from rllm_fully_async.trainer.off_policy import CORRECTIONS
 
+FILLER_ROLLOUT = "rllm_fully_async.bench.task:answer_then_filler"
+
 SCALARS = ("out", "seeds", "steps", "groups_per_step", "n", "operation", "length", "warm_start_steps", "lr",
-           "target_fraction", "smooth_steps")  # fmt: skip
+           "ppo_epochs", "filler_median", "filler_sigma", "filler_max", "target_fraction",
+           "smooth_steps")  # fmt: skip
 
 
 @dataclass
@@ -47,7 +53,7 @@ class LearningSettings:
 
     out: str = "bench_learning"
     seeds: int = 3
-    steps: int = 100  # training steps per run
+    steps: int = 80  # training steps per run
     groups_per_step: int = 8  # prompts per step
     n: int = 8  # samples per prompt
     staleness: tuple[float, ...] = (0.0, 0.5, 1.0)
@@ -58,6 +64,13 @@ class LearningSettings:
     length: int = 3  # digits per prompt
     warm_start_steps: int = 10  # per-digit reward ~0.25 at the start; RL levels off near 0.35 after ~80 steps
     lr: float = 3e-3
+    ppo_epochs: int = 1  # verl's default (the CPU default's 4 would make training, not generation, dominate)
+    # A long-tailed filler after each answer (bench.task.answer_then_filler): lognormal lengths in tokens,
+    # clipped to [0, filler_max]. It makes generation, not training, the larger share of a step, as with
+    # reasoning models; 0 turns it off (replies are the answer alone).
+    filler_median: float = 64.0
+    filler_sigma: float = 1.0
+    filler_max: int = 256
     target_fraction: float = 0.9  # target = this fraction of lock-step's final smoothed reward
     smooth_steps: int = 10  # the moving average's window
     gen_cores: tuple[int, ...] = ()
@@ -69,7 +82,7 @@ def smoke_settings(out: str) -> LearningSettings:
     """Lock-step, one fully-async setting and one correction, one seed, a few steps: every path, for CI."""
     return LearningSettings(out=out, seeds=1, steps=3, groups_per_step=2, n=2, staleness=(1.0,),
                             triggers=(2,), corrections=("decoupled_ppo",), warm_start_steps=10,
-                            smooth_steps=2, smoke=True)  # fmt: skip
+                            filler_median=4, filler_max=8, smooth_steps=2, smoke=True)  # fmt: skip
 
 
 def label(staleness: float, trigger: int, correction: str = "none") -> str:
@@ -101,6 +114,7 @@ def plan(settings: LearningSettings) -> list[tuple[str, list[str]]]:
 class LearningTask:
     model_path: str
     train_file: str
+    filler_tokens: list[int]
 
 
 def build_task(settings: LearningSettings) -> LearningTask:
@@ -113,7 +127,21 @@ def build_task(settings: LearningSettings) -> LearningTask:
     )
     prompts = s.groups_per_step * (s.steps + 16)  # the trained ones plus what async runs draw ahead
     train, _ = digits_task.ensure_dataset(root / "data", prompts, 1, length=s.length, operation=s.operation)
-    return LearningTask(str(model), train)
+    if not s.filler_median:
+        return LearningTask(str(model), train, [])
+    import pandas as pd
+
+    from rllm_fully_async.bench.task import long_tail_lengths
+
+    filler = long_tail_lengths(prompts, s.filler_median, s.filler_sigma, 0, s.filler_max, seed=0)
+    rows = pd.read_parquet(train)
+    rows["extra_info"] = [
+        {**info, "filler_tokens": k} for info, k in zip(rows["extra_info"], filler, strict=True)
+    ]
+    with_filler = Path(train).with_name(f"{Path(train).stem}_filler{s.filler_median:g}_{s.filler_sigma:g}"
+                                        f"_{s.filler_max}.parquet")  # fmt: skip
+    rows.to_parquet(with_filler)
+    return LearningTask(str(model), str(with_filler), filler)
 
 
 def run_config(settings: LearningSettings, task: LearningTask, engine_url: str, name: str, seed: int,
@@ -124,11 +152,14 @@ def run_config(settings: LearningSettings, task: LearningTask, engine_url: str, 
     s = settings
     return compose("fully_async_ppo_cpu", [
         f"actor_rollout_ref.model.path={task.model_path}", f"data.train_files={task.train_file}",
-        "data.val_files=null", f"data.max_response_length={s.length + 3}", f"data.seed={seed}",
+        "data.val_files=null", f"data.seed={seed}",
+        f"data.max_response_length={s.length + (s.filler_max if s.filler_median else 3)}",
+        *([f"async_training.rollout_fn={FILLER_ROLLOUT}"] if s.filler_median else []),
         f"custom_reward_function.path={digits_task.__file__}", "custom_reward_function.name=compute_score",
         f"actor_rollout_ref.rollout.n={s.n}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={s.groups_per_step}",
-        f"actor_rollout_ref.actor.optim.lr={s.lr}", f"trainer.total_training_steps={s.steps}",
+        f"actor_rollout_ref.actor.optim.lr={s.lr}", f"actor_rollout_ref.actor.ppo_epochs={s.ppo_epochs}",
+        f"trainer.total_training_steps={s.steps}",
         "trainer.total_epochs=1", "trainer.test_freq=-1", f"rollout_servers.urls=[{engine_url}]",
         f"trainer.default_local_dir={Path(s.out).resolve() / 'runs' / f'{name}_seed{seed}'}",
         "trainer.resume_mode=disable", "trainer.logger=[]", f"trainer.experiment_name=learning_{name}",
@@ -162,10 +193,13 @@ def run_once(settings: LearningSettings, task: LearningTask, engine: Any, placem
         for key, value in metrics.items():
             if key.startswith(("rollout_corr/", "actor/decoupled_")):
                 seen.setdefault(key, []).append(float(value))
+    # The trainer's share of wall time spent waiting for data: in lock-step, generation's share of a step.
+    waited = sum(end - start for kind, _step, start, end in record.spans if kind == "wait")
     a = cfg.async_training
     return {"label": name, "seed": seed, "mode": a.mode, "staleness_threshold": float(a.staleness_threshold),
             "trigger_parameter_sync_step": int(a.trigger_parameter_sync_step), "overrides": list(overrides),
             "loadavg_after": os.getloadavg(), "steps": steps,
+            "trainer_wait_share": waited / max(steps[-1]["time_s"], 1e-9),
             "correction_metrics": {key: sum(v) / len(v) for key, v in sorted(seen.items())}}  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 # Copyright 2026 The rllm_fully_async Authors. Licensed under the Apache License, Version 2.0.
-"""The benchmark's task: the toy model at a chosen size, long-tailed response lengths, a graded reward."""
+"""The benchmarks' tasks: the toy model at a chosen size, long-tailed response lengths, a graded reward; and
+for the learning benchmark, the digit task with a long-tailed filler after each answer."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from rllm_fully_async.bench.settings import BenchSettings
-from rllm_fully_async.rollout.rollout_fn import single_turn_chat
-from rllm_fully_async.rollout.trajectory import Sample
+from rllm_fully_async.rollout.rollout_fn import chat_prompt_ids, score_response, single_turn_chat
+from rllm_fully_async.rollout.trajectory import Sample, SampleProgress
 
 # ------------------------------------------------------------------------------------------------ the task
 
@@ -37,6 +38,38 @@ async def long_tail_rollout(client: Any, tokenizer: Any, *, sampling_params: dic
     return await single_turn_chat(
         client, tokenizer, sampling_params=params, extra_info=extra_info, reward_fn=digit_fraction, **row
     )
+
+
+async def answer_then_filler(client: Any, tokenizer: Any, *, prompt: list[dict], data_source: str,
+                             reward_model: dict | None, sampling_params: dict, reward_fn: Any,
+                             extra_info: dict, partial_rollout: bool = True,
+                             progress: SampleProgress | None = None, **_: Any) -> Sample:  # fmt: skip
+    """A digit-task answer, then ``extra_info.filler_tokens`` more tokens generated (``ignore_eos``).
+
+    Reasoning models spend most of their compute on long replies of which only a little decides the
+    reward. The filler stands in for that: it costs generation and training compute like any reply, but
+    carries no credit (the reward function sees the answer's tokens only) and no loss (mask 0), so the
+    learning problem is the short task's while a step's time is dominated by long, long-tailed generation.
+    The answer comes first, so its tokens are the oldest of a sample that spans weight syncs.
+    """
+    from rllm_fully_async.rollout.client import GenerationOutput  # the client imports this module
+
+    answer_tokens = len((reward_model or {}).get("ground_truth") or "")
+    total = answer_tokens + int(extra_info.get("filler_tokens", 0))
+    params = {**sampling_params, "max_new_tokens": total, "ignore_eos": True}
+    prompt_ids = chat_prompt_ids(tokenizer, prompt)
+    if progress is not None and progress.generation is None:
+        progress.generation = GenerationOutput(prompt_ids, [], [], [], finish_reason="length")
+    out = await client.generate(prompt_ids, params, partial_rollout=partial_rollout,
+                                out=progress.generation if progress is not None else None)  # fmt: skip
+    answer = tokenizer.decode(out.token_ids[:answer_tokens], skip_special_tokens=True)
+    score, extra = await score_response(reward_fn, data_source, answer, reward_model, extra_info)
+    n = len(out.token_ids)
+    return Sample(prompt_ids=prompt_ids, response_ids=list(out.token_ids),
+                  response_logprobs=list(out.logprobs), reward=score, finish_reason=out.finish_reason,
+                  min_version=out.min_version, max_version=out.max_version, num_aborts=out.num_aborts,
+                  response_mask=[1] * min(n, answer_tokens) + [0] * max(0, n - answer_tokens),
+                  extra=extra)  # fmt: skip
 
 
 @dataclass

@@ -42,9 +42,9 @@ from rllm_fully_async.trainer.off_policy import CORRECTIONS
 
 FILLER_ROLLOUT = "rllm_fully_async.bench.task:answer_then_filler"
 
-SCALARS = ("out", "seeds", "steps", "groups_per_step", "n", "operation", "length", "warm_start_steps", "lr",
-           "ppo_epochs", "filler_median", "filler_sigma", "filler_max", "target_fraction",
-           "smooth_steps")  # fmt: skip
+SCALARS = ("out", "seeds", "first_seed", "steps", "groups_per_step", "n", "operation", "length",
+           "warm_start_steps", "lr", "ppo_epochs", "filler_median", "filler_sigma", "filler_max",
+           "target_fraction", "smooth_steps")  # fmt: skip
 
 
 @dataclass
@@ -53,6 +53,7 @@ class LearningSettings:
 
     out: str = "bench_learning"
     seeds: int = 3
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (more seeds in a second invocation)
     steps: int = 80  # training steps per run
     groups_per_step: int = 8  # prompts per step
     n: int = 8  # samples per prompt
@@ -227,7 +228,7 @@ def run_study(settings: LearningSettings) -> dict[str, Any]:
         engine = starting.result()
     log(f"engine at {engine.url}, ray up")
     try:
-        for seed in range(settings.seeds):
+        for seed in range(settings.first_seed, settings.first_seed + settings.seeds):
             for name, overrides in plan(settings):
                 result["runs"].append(run_once(settings, task, engine, placement, name, seed, overrides))
                 result["machine"]["loadavg_end"] = os.getloadavg()

@@ -165,6 +165,7 @@ def test_fully_async_gsm8k_few_steps(model_dir, gsm8k_dir, tmp_path):
         "actor_rollout_ref.actor.ppo_mini_batch_size=8", "actor_rollout_ref.rollout.n=4",
         "actor_rollout_ref.rollout.gpu_memory_utilization=0.5",
         "trainer.total_training_steps=3", "trainer.test_freq=-1", "trainer.save_freq=-1",
+        "async_training.trigger_parameter_sync_step=1",  # a weight sync after each of the 3 steps
         "trainer.logger=[console,file]", f"trainer.default_local_dir={tmp_path}/ckpt",
         f"rollout_servers.log_dir={tmp_path}/servers", f"hydra.run.dir={tmp_path}/hydra",
     ]  # fmt: skip

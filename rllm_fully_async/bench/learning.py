@@ -115,7 +115,6 @@ def plan(settings: LearningSettings) -> list[tuple[str, list[str]]]:
 class LearningTask:
     model_path: str
     train_file: str
-    filler_tokens: list[int]
 
 
 def build_task(settings: LearningSettings) -> LearningTask:
@@ -129,7 +128,7 @@ def build_task(settings: LearningSettings) -> LearningTask:
     prompts = s.groups_per_step * (s.steps + 16)  # the trained ones plus what async runs draw ahead
     train, _ = digits_task.ensure_dataset(root / "data", prompts, 1, length=s.length, operation=s.operation)
     if not s.filler_median:
-        return LearningTask(str(model), train, [])
+        return LearningTask(str(model), train)
     import pandas as pd
 
     from rllm_fully_async.bench.task import long_tail_lengths
@@ -142,7 +141,7 @@ def build_task(settings: LearningSettings) -> LearningTask:
     with_filler = Path(train).with_name(f"{Path(train).stem}_filler{s.filler_median:g}_{s.filler_sigma:g}"
                                         f"_{s.filler_max}.parquet")  # fmt: skip
     rows.to_parquet(with_filler)
-    return LearningTask(str(model), str(with_filler), filler)
+    return LearningTask(str(model), str(with_filler))
 
 
 def run_config(settings: LearningSettings, task: LearningTask, engine_url: str, name: str, seed: int,

@@ -49,7 +49,8 @@ def sdpa_gqa(
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature; ``query`` is ``[batch, heads, q, dim]``, ``key`` and
     ``value`` ``[batch, kv_heads, k, dim]``. Returns ``[batch, q, heads, dim]``."""
-    causal = attention_mask is None and query.shape[2] > 1 if is_causal is None else is_causal
+    if is_causal is None:
+        is_causal = query.shape[2] > 1
     out = torch.nn.functional.scaled_dot_product_attention(
         query,
         key,
@@ -57,7 +58,7 @@ def sdpa_gqa(
         attn_mask=attention_mask,
         dropout_p=dropout,
         scale=scaling,
-        is_causal=causal and attention_mask is None,
+        is_causal=is_causal and attention_mask is None,  # a given mask already holds the causal part
         enable_gqa=key.shape[1] != query.shape[1],
     )
     return out.transpose(1, 2).contiguous(), None

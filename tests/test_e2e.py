@@ -158,16 +158,22 @@ def wait_while_running(run: subprocess.Popen, ready: Callable[[], bool], log: Pa
         time.sleep(0.2)
 
 
-def test_sigkill_and_resume_trains_every_prompt_exactly_once_per_epoch(task, tmp_path):
-    cmd = command(task, tmp_path, "trainer.save_freq=1", "trainer.total_epochs=2")
-    tracker = tmp_path / "ckpt" / "latest_checkpointed_iteration.txt"
-    log = tmp_path / "first.log"
-    with in_background(cmd, tmp_path, log) as first:
-        wait_while_running(first, lambda: tracker.exists() and int(tracker.read_text() or 0) >= 4, log)
+def sigkill_after_checkpoint(cmd: list[str], out: Path, step: int) -> int:
+    """Run ``cmd`` until it has checkpointed step ``step`` or later, SIGKILL it, and return the step of its
+    last checkpoint; the metrics file is removed, so that it then holds a resumed run's steps only."""
+    tracker = out / "ckpt" / "latest_checkpointed_iteration.txt"
+    log = out / "first.log"
+    with in_background(cmd, out, log) as first:
+        wait_while_running(first, lambda: tracker.exists() and int(tracker.read_text() or 0) >= step, log)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-    (tmp_path / "metrics.jsonl").unlink(missing_ok=True)  # the resumed run's steps only, below
-    killed_at = int(tracker.read_text())
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    return int(tracker.read_text())
+
+
+def test_sigkill_and_resume_trains_every_prompt_exactly_once_per_epoch(task, tmp_path):
+    cmd = command(task, tmp_path, "trainer.save_freq=1", "trainer.total_epochs=2")
+    killed_at = sigkill_after_checkpoint(cmd, tmp_path, 4)
     assert killed_at < 2 * NUM_PROMPTS // 4
 
     run_main(cmd, tmp_path)
@@ -282,14 +288,7 @@ def test_sigkill_and_resume_continues_the_partial_generations(task, tmp_path):
         "async_training.max_concurrency=8",
         "data.max_response_length=160",
     )  # fmt: skip
-    tracker = tmp_path / "ckpt" / "latest_checkpointed_iteration.txt"
-    log = tmp_path / "first.log"
-    with in_background(cmd, tmp_path, log) as first:
-        wait_while_running(first, lambda: tracker.exists() and int(tracker.read_text() or 0) >= 1, log)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
-    (tmp_path / "metrics.jsonl").unlink(missing_ok=True)
-    killed_at = int(tracker.read_text())
+    killed_at = sigkill_after_checkpoint(cmd, tmp_path, 1)
     state = torch.load(
         tmp_path / "ckpt" / f"global_step_{killed_at}" / "fully_async_state.pt", weights_only=False
     )

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from rllm_fully_async.bench.settings import BenchSettings
-from rllm_fully_async.rollout.rollout_fn import chat_prompt_ids, score_response, single_turn_chat
+from rllm_fully_async.rollout.rollout_fn import generate_reply, score_response, single_turn_chat
 from rllm_fully_async.rollout.trajectory import Sample, SampleProgress
 
 # ------------------------------------------------------------------------------------------------ the task
@@ -52,16 +52,10 @@ async def answer_then_filler(client: Any, tokenizer: Any, *, prompt: list[dict],
     learning problem is the short task's while a step's time is dominated by long, long-tailed generation.
     The answer comes first, so its tokens are the oldest of a sample that spans weight syncs.
     """
-    from rllm_fully_async.rollout.client import GenerationOutput  # the client imports this module
-
     answer_tokens = len((reward_model or {}).get("ground_truth") or "")
     total = answer_tokens + int(extra_info.get("filler_tokens", 0))
     params = {**sampling_params, "max_new_tokens": total, "ignore_eos": True}
-    prompt_ids = chat_prompt_ids(tokenizer, prompt)
-    if progress is not None and progress.generation is None:
-        progress.generation = GenerationOutput(prompt_ids, [], [], [], finish_reason="length")
-    out = await client.generate(prompt_ids, params, partial_rollout=partial_rollout,
-                                out=progress.generation if progress is not None else None)  # fmt: skip
+    prompt_ids, out = await generate_reply(client, tokenizer, prompt, params, partial_rollout, progress)
     answer = tokenizer.decode(out.token_ids[:answer_tokens], skip_special_tokens=True)
     score, extra = await score_response(reward_fn, data_source, answer, reward_model, extra_info)
     n = len(out.token_ids)

@@ -59,16 +59,8 @@ async def single_turn_chat(
     thread, so that one which hangs holds only its own sample). A score that is not a finite number
     raises :class:`~rllm_fully_async.rollout.reward_guard.InvalidReward`.
     """
-    from rllm_fully_async.rollout.client import GenerationOutput  # the client imports this module
-
-    prompt_ids = chat_prompt_ids(tokenizer, prompt)
-    if progress is not None and progress.generation is None:
-        progress.generation = GenerationOutput(prompt_ids, [], [], [], finish_reason="length")
-    out = await client.generate(
-        prompt_ids,
-        sampling_params,
-        partial_rollout=partial_rollout,
-        out=progress.generation if progress is not None else None,
+    prompt_ids, out = await generate_reply(
+        client, tokenizer, prompt, sampling_params, partial_rollout, progress
     )
     solution = tokenizer.decode(out.token_ids, skip_special_tokens=True)
     score, extra = await score_response(reward_fn, data_source, solution, reward_model, extra_info)
@@ -83,6 +75,30 @@ async def single_turn_chat(
         num_aborts=out.num_aborts,
         extra=extra,
     )
+
+
+async def generate_reply(
+    client: Any,
+    tokenizer: Any,
+    prompt: list[dict],
+    sampling_params: dict,
+    partial_rollout: bool,
+    progress: SampleProgress | None,
+) -> tuple[list[int], Any]:
+    """The chat ``prompt``'s token ids and one generated reply (a ``client.GenerationOutput``), generated
+    into ``progress.generation`` so that a checkpoint saves it and a resumed run continues it."""
+    from rllm_fully_async.rollout.client import GenerationOutput  # the client imports this module
+
+    prompt_ids = chat_prompt_ids(tokenizer, prompt)
+    if progress is not None and progress.generation is None:
+        progress.generation = GenerationOutput(prompt_ids, [], [], [], finish_reason="length")
+    out = await client.generate(
+        prompt_ids,
+        sampling_params,
+        partial_rollout=partial_rollout,
+        out=progress.generation if progress is not None else None,
+    )
+    return prompt_ids, out
 
 
 async def score_response(
